@@ -1,0 +1,1 @@
+"""Framework adapters. Imported only inside a runtime worker process, never by the gateway."""

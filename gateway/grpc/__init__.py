@@ -1,0 +1,1 @@
+"""gRPC transport: the inference.GRPCInferenceService servicer and its generated stubs."""

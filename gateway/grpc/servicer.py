@@ -1,0 +1,123 @@
+"""The gRPC transport: inference.GRPCInferenceService over grpc.aio, plus grpc.health.v1.
+
+Each method translates protobuf to the common schema, calls the DataPlane, and maps a
+TensorGateError to its status code; nothing here knows a framework.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.dataplane import DataPlane
+from gateway.grpc.generated import grpc_service_pb2 as pb
+from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.grpc.generated import model_config_pb2
+from gateway.protocol.errors import TensorGateError
+from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
+from gateway.repository.manager import State
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TensorGateError) -> NoReturn:
+    await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+    raise AssertionError("unreachable: abort raises")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._plane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._plane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        try:
+            mv = self._plane.model_ready(request.name, request.version or None)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=mv.state is State.READY)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self._plane.server_metadata())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            document = self._plane.model_metadata(request.name, request.version or None)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict(document, pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        try:
+            document = self._plane.model_config(request.name, request.version or None)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        config = json_format.ParseDict(document, model_config_pb2.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: Any) -> pb.RepositoryIndexResponse:
+        models = [m for m in self._plane.model_index() if not request.ready or m["state"] == "READY"]
+        return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        try:
+            response = await self._plane.infer(decode_infer_request(request), "grpc")
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return encode_infer_response(response)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answer each request of the stream in turn; an error is reported in-stream, not fatal."""
+        async for request in request_iterator:
+            try:
+                response = await self._plane.infer(decode_infer_request(request), "grpc")
+            except TensorGateError as exc:
+                yield pb.ModelStreamInferResponse(error_message=exc.message)
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the statistics extension is not implemented yet")
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # generated, untyped
+    """grpc.health.v1: SERVING when the server is ready, for "" and the inference service."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE_NAME):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+        status = (health_pb2.HealthCheckResponse.SERVING if self._plane.ready()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+    """A grpc.aio server with both services bound to ``address`` (not started)."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
+    server.add_insecure_port(address)
+    return server

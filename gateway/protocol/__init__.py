@@ -1,0 +1,46 @@
+"""The common request schema shared by every transport, and the codecs to and from it.
+
+Transports decode the wire into these types, the data plane works on them, and the
+codecs encode them back; nothing in here knows HTTP, gRPC or a framework.
+"""
+
+from gateway.protocol.datatypes import DATATYPES, datatype_of, element_size, numpy_dtype
+from gateway.protocol.errors import (
+    InferenceFailed,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    TensorGateError,
+    Unavailable,
+    Unsupported,
+)
+from gateway.protocol.types import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    Parameters,
+    ParameterValue,
+    RequestedOutput,
+)
+
+__all__ = [
+    "DATATYPES",
+    "InferInput",
+    "InferOutput",
+    "InferRequest",
+    "InferResponse",
+    "InferenceFailed",
+    "InvalidRequest",
+    "NotFound",
+    "ParameterValue",
+    "Parameters",
+    "PayloadTooLarge",
+    "RequestedOutput",
+    "TensorGateError",
+    "Unavailable",
+    "Unsupported",
+    "datatype_of",
+    "element_size",
+    "numpy_dtype",
+]

@@ -1,0 +1,222 @@
+"""The v2 JSON body <-> the common schema, including the binary tensor data extension.
+
+A request body is a JSON header optionally followed by raw tensor bytes (the binary
+extension: an input with a ``binary_data_size`` parameter takes its data from there, in
+input order). Responses are built the same way. JSON is parsed and written with orjson;
+numeric ``data`` lists become arrays in one numpy call, binary parts are viewed in place.
+"""
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.protocol.datatypes import DATATYPES, numpy_dtype
+from gateway.protocol.errors import InvalidRequest, Unsupported
+from gateway.protocol.raw import array_from_raw, array_to_raw
+from gateway.protocol.types import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    Parameters,
+    RequestedOutput,
+)
+
+_NUMERIC_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
+
+
+def decode_request(header: bytes | memoryview, binary: memoryview | None, model_name: str,
+                   model_version: str | None) -> InferRequest:
+    """Decode a v2 inference request; ``binary`` is the body past the JSON header, if any."""
+    try:
+        body = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("'inputs' must be a non-empty list")
+    view = binary if binary is not None else memoryview(b"")
+    offset = 0
+    inputs: list[InferInput] = []
+    for position, item in enumerate(raw_inputs):
+        tensor, used = _decode_input(item, position, view, offset)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(view):
+        raise InvalidRequest(
+            f"binary data is {len(view)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
+    return InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        id=request_id,
+        outputs=_decode_outputs(body.get("outputs")),
+        parameters=_parameters(body.get("parameters"), "request"),
+    )
+
+
+def encode_response(response: InferResponse, binary_outputs: set[str]) -> tuple[bytes, int | None]:
+    """Encode a response; outputs named in ``binary_outputs`` go after the JSON header.
+
+    Returns the body and, when any output is binary, the JSON header's length (the value of
+    ``Inference-Header-Content-Length``).
+    """
+    outputs: list[dict[str, Any]] = []
+    parts: list[bytes | memoryview] = []
+    for output in response.outputs:
+        entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype,
+                                 "shape": list(output.shape)}
+        if output.name in binary_outputs:
+            raw = array_to_raw(output.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        else:
+            entry["data"] = _json_data(output.name, output.data)
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": response.model_name,
+                                "model_version": response.model_version}
+    if response.id is not None:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    document["outputs"] = outputs
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not parts:
+        return header, None
+    return b"".join([header, *parts]), len(header)
+
+
+def binary_output_names(request: InferRequest, output_names: list[str]) -> set[str]:
+    """Which outputs the request wants as binary: per-output ``binary_data`` over the default."""
+    default = request.parameters.get("binary_data_output", False) is True
+    chosen = {name for name in output_names if default}
+    for requested in request.outputs or ():
+        if requested.binary is True:
+            chosen.add(requested.name)
+        elif requested.binary is False:
+            chosen.discard(requested.name)
+    return chosen
+
+
+def _decode_input(item: object, position: int, binary: memoryview,
+                  offset: int) -> tuple[InferInput, int]:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"inputs[{position}] must be an object")
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"inputs[{position}] needs a 'name' string")
+    datatype = item.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidRequest(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}"
+        )
+    shape = _shape(item.get("shape"), name)
+    parameters = _parameters(item.get("parameters"), f"input '{name}'")
+    binary_size = parameters.pop("binary_data_size", None)
+    if binary_size is not None:
+        if "data" in item:
+            raise InvalidRequest(f"input '{name}' has both 'data' and binary_data_size")
+        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            raise InvalidRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + binary_size > len(binary):
+            raise InvalidRequest(
+                f"input '{name}': binary_data_size {binary_size} runs past the end of the body "
+                f"({len(binary) - offset} bytes left)"
+            )
+        data = array_from_raw(binary[offset : offset + binary_size], datatype, shape, name)
+        return InferInput(name, datatype, data, parameters), binary_size
+    if "data" not in item:
+        raise InvalidRequest(f"input '{name}' has neither 'data' nor binary_data_size")
+    return InferInput(name, datatype, _array_from_json(item["data"], datatype, shape, name),
+                      parameters), 0
+
+
+def _shape(value: object, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _array_from_json(data: object, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    dtype = numpy_dtype(datatype)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        parsed = np.asarray(data, dtype=object if dtype.kind == "O" else None)
+    except ValueError as exc:
+        raise InvalidRequest(f"input '{name}': data is not a regular array: {exc}") from None
+    if parsed.size != int(np.prod(shape)):
+        raise InvalidRequest(
+            f"input '{name}': {parsed.size} data elements do not match shape {list(shape)}"
+        )
+    if dtype.kind == "O":
+        return _bytes_from_json(parsed, name).reshape(shape)
+    allowed = _NUMERIC_KINDS.get(dtype.kind, "biuf")
+    if parsed.size and parsed.dtype.kind not in allowed:
+        raise InvalidRequest(f"input '{name}': data elements are not valid {datatype} values")
+    if dtype.kind in "iu" and parsed.size:
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise InvalidRequest(f"input '{name}': data is out of range for {datatype}")
+    return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def _bytes_from_json(parsed: np.ndarray, name: str) -> np.ndarray:
+    flat = parsed.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for i, element in enumerate(flat):
+        if not isinstance(element, str):
+            raise InvalidRequest(f"input '{name}': BYTES data elements must be strings")
+        out[i] = element.encode()
+    return out
+
+
+def _json_data(name: str, data: np.ndarray) -> Any:
+    flat = data.reshape(-1)
+    if data.dtype.kind == "O":
+        try:
+            return [e.decode() if isinstance(e, bytes) else str(e) for e in flat]
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"output '{name}' holds bytes that are not UTF-8; request it with binary_data: true"
+            ) from None
+    if data.dtype.kind == "V" or data.dtype.name == "bfloat16":
+        flat = flat.astype(np.float32)
+    return np.ascontiguousarray(flat)
+
+
+def _decode_outputs(value: object) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidRequest("'outputs' must be a list")
+    outputs: list[RequestedOutput] = []
+    for position, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequest(f"outputs[{position}] must be an object with a 'name' string")
+        parameters = _parameters(item.get("parameters"), f"output '{item['name']}'")
+        if "classification" in parameters:
+            raise Unsupported("the classification extension is not supported")
+        binary = parameters.pop("binary_data", None)
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidRequest(f"output '{item['name']}': binary_data must be a boolean")
+        outputs.append(RequestedOutput(item["name"], binary, parameters))
+    return outputs
+
+
+def _parameters(value: object, where: str) -> Parameters:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, bool | int | float | str) for v in value.values()
+    ):
+        raise InvalidRequest(f"{where}: 'parameters' must map names to strings, numbers or booleans")
+    return dict(value)

@@ -1,0 +1,72 @@
+"""The transport-free request and response types every layer passes around.
+
+Tensor data is always a numpy array whose shape is the tensor's shape; BYTES tensors
+are object arrays of ``bytes``. Whether an output travels as binary is a property of
+the *request* (``RequestedOutput.binary``), never of the data.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ParameterValue = bool | int | float | str
+Parameters = dict[str, ParameterValue]
+
+
+@dataclass(slots=True)
+class InferInput:
+    """One named input tensor of a request, already decoded into an array."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asked for; ``binary`` is None when the client left it to the default."""
+
+    name: str
+    binary: bool | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """An inference request for one model; ``outputs`` None means every output."""
+
+    model_name: str
+    model_version: str | None
+    inputs: list[InferInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferOutput:
+    """One named output tensor of a response."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The answer to one InferRequest, outputs in the order the client asked for them."""
+
+    model_name: str
+    model_version: str
+    outputs: list[InferOutput]
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)

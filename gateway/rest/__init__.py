@@ -1,0 +1,1 @@
+"""The REST transport: the v2 HTTP routes over FastAPI; nothing here knows a framework."""

@@ -1,0 +1,190 @@
+"""The v2 REST routes (Open Inference Protocol, with Triton's binary and config extensions).
+
+Handlers take the raw ``Request`` and return ``Response`` objects built by the codecs, so
+no pydantic validation or serialisation runs per request; the schemas only document.
+"""
+
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+
+from gateway import __version__
+from gateway.dataplane import DataPlane
+from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
+from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
+from gateway.repository.manager import State
+from gateway.rest import schemas
+
+HEADER_LENGTH = "inference-header-content-length"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 500, 503)
+}
+
+
+def json_response(document: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(document), status_code=status, media_type="application/json")
+
+
+def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
+    """The FastAPI application serving ``plane``; bodies over ``max_request_bytes`` get 413."""
+    app = FastAPI(title="TensorGate", version=__version__, docs_url="/docs", redoc_url=None,
+                  description="Open Inference Protocol (KServe v2) model server.")
+
+    @app.exception_handler(TensorGateError)
+    async def _protocol_error(_: Request, exc: TensorGateError) -> Response:
+        return json_response({"error": exc.message}, exc.http_status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        return json_response({"error": str(exc.detail)}, exc.status_code)
+
+    @app.get("/v2/health/live", response_model=schemas.LiveResponse, tags=["health"])
+    async def live() -> Response:
+        return json_response({"live": plane.live()})
+
+    @app.get("/v2/health/ready", response_model=schemas.ReadyResponse, tags=["health"],
+             responses={503: {"model": schemas.ReadyResponse}})
+    async def ready() -> Response:
+        is_ready = plane.ready()
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+    @app.get("/v2", response_model=schemas.ServerMetadataResponse, tags=["metadata"])
+    async def server_metadata() -> Response:
+        return json_response(plane.server_metadata())
+
+    @app.get("/v2/models", response_model=schemas.ModelIndexResponse, tags=["metadata"])
+    async def model_index() -> Response:
+        return json_response({"models": plane.model_index()})
+
+    @app.get("/v2/models/{model_name}", response_model=schemas.ModelMetadataResponse,
+             responses=_ERRORS, tags=["metadata"])
+    @app.get("/v2/models/{model_name}/versions/{model_version}",
+             response_model=schemas.ModelMetadataResponse, responses=_ERRORS, tags=["metadata"])
+    async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+        return json_response(plane.model_metadata(model_name, model_version))
+
+    @app.get("/v2/models/{model_name}/ready", response_model=schemas.ModelReadyResponse,
+             responses={404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}},
+             tags=["health"])
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready",
+             response_model=schemas.ModelReadyResponse,
+             responses={404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}},
+             tags=["health"])
+    async def model_ready(model_name: str, model_version: str | None = None) -> Response:
+        mv = plane.model_ready(model_name, model_version)
+        is_ready = mv.state is State.READY
+        body: dict[str, Any] = {"name": mv.name, "version": "" if mv.version is None else str(mv.version),
+                                "ready": is_ready}
+        if not is_ready:
+            body["reason"] = mv.reason
+        return json_response(body, 200 if is_ready else 503)
+
+    @app.get("/v2/models/{model_name}/config", responses=_ERRORS, tags=["metadata"])
+    @app.get("/v2/models/{model_name}/versions/{model_version}/config", responses=_ERRORS,
+             tags=["metadata"])
+    async def model_config(model_name: str, model_version: str | None = None) -> Response:
+        """The model's effective configuration, in the JSON shape of Triton's ModelConfig."""
+        return json_response(plane.model_config(model_name, model_version))
+
+    infer_docs: dict[str, Any] = {
+        "response_model": schemas.InferenceResponse,
+        "responses": _ERRORS,
+        "tags": ["inference"],
+        "openapi_extra": {"requestBody": _INFER_BODY},
+    }
+
+    @app.post("/v2/models/{model_name}/infer", **infer_docs)
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", **infer_docs)
+    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        body = await _read_body(request, max_request_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        header, binary = _split_body(body, header_length)
+        infer_request = decode_request(header, binary, model_name, model_version)
+        response = await plane.infer(infer_request, "rest")
+        names = [o.name for o in response.outputs]
+        payload, json_length = encode_response(response, binary_output_names(infer_request, names))
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            schema = schemas.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components["InferenceRequest"] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+_INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "Binary tensor data extension: the JSON InferenceRequest (its length in the "
+                           "Inference-Header-Content-Length header) followed by the inputs' raw bytes.",
+        },
+    },
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole (decompressed) body, refusing anything over ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("gzip", "deflate"):
+        return _decompress(body, encoding, limit)
+    if encoding != "identity":
+        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (use gzip or deflate)")
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"cannot decompress the {encoding} body: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview | None]:
+    view = memoryview(body)
+    if header_length is None:
+        return view, None
+    if not header_length.isdigit():
+        raise InvalidRequest("Inference-Header-Content-Length must be a non-negative integer")
+    length = int(header_length)
+    if length == 0:
+        raise Unsupported("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
+                          "send a JSON header with binary_data_size")
+    if length > len(body):
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length {length} is larger than the body ({len(body)} bytes)"
+        )
+    return view[:length], view[length:]

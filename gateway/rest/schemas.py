@@ -1,0 +1,101 @@
+"""Pydantic models of the v2 JSON bodies, used only to document the API in /openapi.json.
+
+The hot path never touches them: requests are parsed and responses written by the codecs
+in ``gateway.protocol``. A test checks that real responses validate against these models,
+so the document stays accurate.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+Parameters = dict[str, bool | int | float | str]
+TensorData = list[Any]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    version: str
+    ready: bool
+    reason: str | None = None
+
+
+class ServerMetadataResponse(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 marks a variable dimension; the first is the batch when batching")
+
+
+class ModelMetadataResponse(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="LOADING, READY or UNAVAILABLE")
+    reason: str | None = None
+
+
+class ModelIndexResponse(BaseModel):
+    models: list[ModelIndexEntry]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = Field(
+        None, description="binary_data_size: the input's bytes follow the JSON header (binary extension)")
+    data: TensorData | None = Field(None, description="row-major elements, flat or nested")
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters | None = Field(None, description="binary_data: return this output as binary")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: Parameters | None = Field(
+        None, description="binary_data_output: the default for every output's binary_data")
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: TensorData | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]

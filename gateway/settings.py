@@ -1,0 +1,52 @@
+"""Server settings: command-line flags, each with a ``TENSORGATE_*`` environment default."""
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    model_repo: Path = Path("model_repo")
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_level: str = "info"
+    #: Largest accepted request, REST body or gRPC message (a 64 MiB tensor plus its envelope fits).
+    max_request_bytes: int = 128 * MIB
+
+
+def _env(name: str, default: object) -> str:
+    return os.environ.get(f"TENSORGATE_{name.upper()}", str(default))
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings()
+    parser.add_argument("--model-repo", type=Path, default=Path(_env("model_repo", d.model_repo)),
+                        help="model repository folder (env TENSORGATE_MODEL_REPO; default ./model_repo)")
+    parser.add_argument("--host", default=_env("host", d.host),
+                        help="address to listen on (env TENSORGATE_HOST; default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=int(_env("http_port", d.http_port)),
+                        help="REST port (env TENSORGATE_HTTP_PORT; default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=int(_env("grpc_port", d.grpc_port)),
+                        help="gRPC port (env TENSORGATE_GRPC_PORT; default 8001)")
+    parser.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)),
+                        help="Prometheus metrics port (env TENSORGATE_METRICS_PORT; default 8002)")
+    parser.add_argument("--log-level", default=_env("log_level", d.log_level),
+                        choices=["debug", "info", "warning", "error"],
+                        help="log level (env TENSORGATE_LOG_LEVEL; default info)")
+    parser.add_argument("--max-request-bytes", type=int,
+                        default=int(_env("max_request_bytes", d.max_request_bytes)),
+                        help="largest REST body or gRPC message accepted, in bytes "
+                             "(env TENSORGATE_MAX_REQUEST_BYTES; default 128 MiB)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
+    )

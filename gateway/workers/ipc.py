@@ -1,0 +1,140 @@
+"""The framing both ends of a worker's socket speak.
+
+A message is any picklable object, pickled with protocol 5 so that numpy arrays travel
+*out of band*: their memory is written to the socket as-is after the pickle, and the
+receiver's arrays are views over the bytes it read. A tensor therefore crosses the process
+boundary as one bulk copy through the kernel, with no per-element work::
+
+    frame  = u32 pickle_len | u32 buffer_count | u64 buffer_len * buffer_count
+             | pickle bytes | buffer 0 | buffer 1 | ...
+
+This module is imported by the gateway and by the worker process, and by nothing that
+knows a framework or a transport.
+"""
+
+import asyncio
+import pickle
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+_PREFIX = struct.Struct("<II")
+_LENGTH = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadModel:
+    """Load one model version into the worker under ``key``."""
+
+    key: str
+    model_name: str
+    path: str
+    platform: str
+    max_batch_size: int
+    device: str
+    instances: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[tuple[str, str]] | None = None
+    outputs: list[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadModel:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run one batch: inputs by name, and the outputs wanted (in that order)."""
+
+    key: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What travels: a call id and its payload, or a reply to that call id."""
+
+    call_id: int
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A call that failed in the worker. ``kind`` is 'invalid' (the input) or 'internal'."""
+
+    kind: str
+    message: str
+
+
+def encode(message: Envelope) -> list[bytes | memoryview]:
+    """The frame for ``message`` as a list of buffers to write in order (no joining copy)."""
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    header = _PREFIX.pack(len(payload), len(raws)) + b"".join(_LENGTH.pack(r.nbytes) for r in raws)
+    return [header, payload, *raws]
+
+
+def _decode(payload: bytes, buffers: list[bytes] | list[bytearray]) -> Envelope:
+    message = pickle.loads(payload, buffers=buffers)
+    if not isinstance(message, Envelope):
+        raise TypeError(f"unexpected message {type(message).__name__}")
+    return message
+
+
+async def read_message(reader: asyncio.StreamReader) -> Envelope:
+    """Read one frame (raises asyncio.IncompleteReadError at end of stream)."""
+    payload_len, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
+    lengths = struct.unpack(f"<{count}Q", await reader.readexactly(8 * count)) if count else ()
+    payload = await reader.readexactly(payload_len)
+    buffers = [await reader.readexactly(n) if n else b"" for n in lengths]
+    return _decode(payload, buffers)
+
+
+class SocketChannel:
+    """The worker's blocking end: one reader thread, replies from many threads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._send_lock = threading.Lock()
+
+    def receive(self) -> Envelope | None:
+        """The next message, or None when the gateway has closed the socket."""
+        prefix = self._read_exactly(_PREFIX.size)
+        if prefix is None:
+            return None
+        payload_len, count = _PREFIX.unpack(prefix)
+        lengths = struct.unpack(f"<{count}Q", self._read_exactly(8 * count) or b"") if count else ()
+        payload = self._read_exactly(payload_len)
+        if payload is None:
+            return None
+        buffers = []
+        for n in lengths:
+            buffer = self._read_exactly(n) if n else bytearray()
+            if buffer is None:
+                return None
+            buffers.append(buffer)
+        return _decode(bytes(payload), buffers)
+
+    def send(self, message: Envelope) -> None:
+        parts = encode(message)
+        with self._send_lock:
+            for part in parts:
+                self._sock.sendall(part)
+
+    def _read_exactly(self, n: int) -> bytearray | None:
+        buffer = bytearray(n)
+        view = memoryview(buffer)
+        got = 0
+        while got < n:
+            chunk = self._sock.recv_into(view[got:], n - got)
+            if chunk == 0:
+                return None
+            got += chunk
+        return buffer
