@@ -40,6 +40,7 @@ class OnnxRuntimeAdapter(RuntimeAdapter):
         options.inter_op_num_threads = int(params.get("inter_op_threads", 1))
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 4  # failures reach the client and our own log; ORT need not print them
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(str(path), options, providers=_providers(spec.device))

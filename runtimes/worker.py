@@ -12,10 +12,10 @@ import importlib
 import logging
 import socket
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gateway.logs import log_event
 from gateway.workers.ipc import Envelope, Execute, Failure, LoadModel, SocketChannel, UnloadModel
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
 
@@ -83,7 +83,7 @@ class Worker:
         except InvalidInput as exc:
             result = Failure("invalid", str(exc))
         except Exception as exc:
-            log.error("execute failed for %s: %s", call.key, traceback.format_exc(limit=3))
+            log_event(log, "execute_failed", level=logging.ERROR, model=call.key, error=f"{type(exc).__name__}: {exc}")
             result = Failure("internal", f"{type(exc).__name__}: {exc}")
         self._reply(call_id, result)
 
@@ -104,7 +104,7 @@ def _adapter_class(platform: str) -> type[RuntimeAdapter]:
 def main(argv: list[str]) -> int:
     framework, fd = argv[0], int(argv[1])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s worker={framework} %(message)s")
+                        format=f"ts=%(asctime)s level=%(levelname)s logger=%(name)s worker={framework} %(message)s")
     with socket.socket(fileno=fd) as sock:
         Worker(SocketChannel(sock)).serve()
     return 0

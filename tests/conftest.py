@@ -1,0 +1,42 @@
+"""Session-wide fixtures: one shared server over a repository of test models.
+
+Framework workers take seconds to start, so tests that do not need a fresh server share
+this one; tests that break things (kill workers, load broken models) start their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import model_factory
+from tests.server import ServerProcess
+
+#: The shared server's body/message limit, small enough that a test can exceed it cheaply.
+SHARED_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def shared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("shared") / "repo"
+    repo.mkdir()
+    model_factory.digits_model(repo)
+    model_factory.copy_example_config(repo)
+    model_factory.identity_model(repo)
+    model_factory.flat_identity_model(repo)
+    model_factory.versioned_model(repo)
+    model_factory.failing_model(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(shared_repo: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(shared_repo, ["--max-request-bytes", str(SHARED_MAX_REQUEST_BYTES)])
+    process.start()
+    yield process
+    code = process.stop()
+    log = process.log()
+    assert code == 0, f"server exited with {code}:\n{log}"
+    assert "Traceback" not in log, log
