@@ -12,8 +12,9 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
 
 def _value(value: Any) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    if not text or any(c in text for c in ' ="'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not text or any(c in text for c in ' ="\n\r'):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+        return '"' + escaped + '"'
     return text
 
 

@@ -71,7 +71,8 @@ def versioned_model(repo: Path) -> None:
             [numpy_helper.from_array(np.full(4, version, dtype=np.float32), "offset")],
         )
         _save(graph, repo / "versioned" / str(version) / "model.onnx")
-    _write_config(repo / "versioned", "platform: onnx\nmax_batch_size: 4\nversion_policy: {specific: {versions: [1, 2]}}\n")
+    _write_config(repo / "versioned",
+                  "platform: onnx\nmax_batch_size: 4\nversion_policy: {specific: {versions: [1, 2]}}\n")
 
 
 def slow_model(repo: Path) -> None:

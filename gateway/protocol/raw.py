@@ -39,7 +39,7 @@ def array_to_raw(array: np.ndarray) -> bytes | memoryview:
         return bytes_tensor_to_raw(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).data.cast("B")
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data  # bytes view, any dtype (BF16 too)
 
 
 def bytes_tensor_to_raw(array: np.ndarray) -> bytes:

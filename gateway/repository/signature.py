@@ -57,10 +57,10 @@ def _strip_batch(tensors: tuple[TensorSpec, ...], max_batch_size: int,
         return tensors
     out = []
     for t in tensors:
-        if not t.shape or t.shape[0] not in (-1, max_batch_size):
+        if not t.shape or t.shape[0] != -1:
             raise SignatureMismatch(
                 f"{source}: {t.name} has shape {list(t.shape)} with no variable batch dimension, "
-                "but max_batch_size > 0"
+                "but max_batch_size > 0 (set max_batch_size: 0 to serve it unbatched)"
             )
         out.append(TensorSpec(t.name, t.datatype, t.shape[1:]))
     return tuple(out)

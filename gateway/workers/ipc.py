@@ -110,7 +110,10 @@ class SocketChannel:
         if prefix is None:
             return None
         payload_len, count = _PREFIX.unpack(prefix)
-        lengths = struct.unpack(f"<{count}Q", self._read_exactly(8 * count) or b"") if count else ()
+        table = self._read_exactly(8 * count) if count else bytearray()
+        if table is None:
+            return None
+        lengths = struct.unpack(f"<{count}Q", table)
         payload = self._read_exactly(payload_len)
         if payload is None:
             return None

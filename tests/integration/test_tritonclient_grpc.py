@@ -17,8 +17,8 @@ from tests.server import ROOT, ServerProcess
 SCRIPT = Path(__file__).with_name("tritonclient_grpc_checks.py")
 CHECK_NAMES = [
     "health", "server_and_model_metadata", "model_config", "raw_round_trip_every_datatype",
-    "typed_contents_round_trip", "fp16_needs_raw_contents", "requested_output_subset", "version_routing", "errors_carry_status_codes",
-    "streaming_infer",
+    "typed_contents_round_trip", "fp16_needs_raw_contents", "requested_output_subset", "version_routing",
+    "errors_carry_status_codes", "streaming_infer",
 ]
 
 

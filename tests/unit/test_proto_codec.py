@@ -232,8 +232,6 @@ def test_encode_fp16_output() -> None:
     assert message.raw_output_contents[0] == a.tobytes()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: array_to_raw cannot export a bfloat16 array (memoryview cast of dtype 'E')")
 def test_encode_bf16_output() -> None:
     a = np.array([1.0, 2.0], dtype=ml_dtypes.bfloat16)
     message = encode_infer_response(InferResponse("m", "1", [InferOutput("a", "BF16", a)]))

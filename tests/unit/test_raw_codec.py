@@ -28,11 +28,6 @@ SAMPLES: dict[str, np.ndarray] = {
 }
 FIXED = [d for d in SAMPLES if d != "BYTES"]
 
-BF16_TO_RAW_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="BUG: array_to_raw calls memoryview.cast on a bfloat16 array, which numpy cannot export "
-           "as a buffer ('cannot include dtype 'E' in a buffer')",
-)
 
 
 def _to_bytes(raw: bytes | memoryview) -> bytes:
@@ -40,7 +35,7 @@ def _to_bytes(raw: bytes | memoryview) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "datatype", [pytest.param(d, marks=BF16_TO_RAW_BUG) if d == "BF16" else d for d in SAMPLES]
+    "datatype", list(SAMPLES)
 )
 def test_round_trip_through_raw(datatype: str) -> None:
     array = SAMPLES[datatype]
@@ -72,7 +67,6 @@ def test_bf16_from_raw_decodes_known_bits() -> None:
     assert back.astype(np.float32).tolist() == [1.0, 2.0]
 
 
-@BF16_TO_RAW_BUG
 def test_bf16_to_raw_gives_two_bytes_per_element() -> None:
     array = np.array([1.0, 2.0], dtype=ml_dtypes.bfloat16)
     assert _to_bytes(array_to_raw(array)) == b"\x80\x3f\x00\x40"

@@ -1,0 +1,82 @@
+"""The gRPC transport with our own generated stubs: health, metadata, config, index, streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.grpc.generated import grpc_service_pb2 as pb
+from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from tests.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.grpc_address) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_standard_health_service(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inference.GRPCInferenceService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_live_ready_and_metadata(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    assert stub.ServerLive(pb.ServerLiveRequest()).live
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name="versioned", version="1")).ready
+    metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="versioned"))
+    assert list(metadata.versions) == ["1", "2"]
+    assert metadata.inputs[0].name == "x" and list(metadata.inputs[0].shape) == [-1, 4]
+    assert stub.ServerMetadata(pb.ServerMetadataRequest()).name == "tensorgate"
+
+
+def test_model_config_and_repository_index(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="versioned")).config
+    assert config.max_batch_size == 4 and list(config.version_policy.specific.versions) == [1, 2]
+    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))
+    assert {(m.name, m.version) for m in index.models} >= {("versioned", "1"), ("versioned", "2")}
+
+
+def test_unimplemented_extensions_say_so(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="versioned"))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_stream_reports_errors_in_stream(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        for shape in ([1, 4], [1, 3], [2, 4]):
+            request = pb.ModelInferRequest(model_name="versioned", id=str(shape))
+            request.inputs.add(name="x", datatype="FP32", shape=shape,
+                               contents=pb.InferTensorContents(fp32_contents=[0] * int(np.prod(shape))))
+            yield request
+
+    replies = list(stub.ModelStreamInfer(requests()))
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    assert replies[2].infer_response.id == "[2, 4]"
+    assert "shape" in replies[1].error_message
+
+
+def test_metrics_count_requests(server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="versioned")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=[0] * 4))
+    stub.ModelInfer(request)
+    text = httpx.get(server.metrics_url).text
+    assert 'tensorgate_requests_total{model="versioned",outcome="success",protocol="grpc",version="2"}' in text
+    assert 'tensorgate_model_ready{model="versioned",version="1"} 1.0' in text

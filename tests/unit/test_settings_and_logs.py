@@ -1,0 +1,149 @@
+"""Command-line settings with TENSORGATE_* defaults, and logfmt event lines."""
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.logs import log_event
+from gateway.settings import MIB, Settings, add_serve_arguments, settings_from
+
+ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(f"TENSORGATE_{name}", raising=False)
+
+
+def _parse(*argv: str) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return settings_from(parser.parse_args(list(argv)))
+
+
+# --- settings --------------------------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = _parse()
+    assert settings.host == "127.0.0.1"
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
+    assert settings.model_repo == Path("model_repo")
+    assert settings.log_level == "info"
+    assert settings.max_request_bytes == 128 * MIB
+
+
+def test_defaults_match_the_settings_dataclass() -> None:
+    assert _parse() == Settings()
+
+
+def test_command_line_flags() -> None:
+    settings = _parse("--model-repo", "/models", "--host", "0.0.0.0", "--http-port", "9000", "--grpc-port", "9001",
+                      "--metrics-port", "9002", "--log-level", "debug", "--max-request-bytes", "1024")
+    assert settings == Settings(model_repo=Path("/models"), host="0.0.0.0", http_port=9000, grpc_port=9001,
+                                metrics_port=9002, log_level="debug", max_request_bytes=1024)
+
+
+def test_environment_overrides_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGATE_MODEL_REPO", "/srv/models")
+    monkeypatch.setenv("TENSORGATE_HOST", "0.0.0.0")
+    monkeypatch.setenv("TENSORGATE_HTTP_PORT", "18000")
+    monkeypatch.setenv("TENSORGATE_GRPC_PORT", "18001")
+    monkeypatch.setenv("TENSORGATE_METRICS_PORT", "18002")
+    monkeypatch.setenv("TENSORGATE_LOG_LEVEL", "warning")
+    monkeypatch.setenv("TENSORGATE_MAX_REQUEST_BYTES", "4096")
+    assert _parse() == Settings(model_repo=Path("/srv/models"), host="0.0.0.0", http_port=18000, grpc_port=18001,
+                                metrics_port=18002, log_level="warning", max_request_bytes=4096)
+
+
+def test_environment_values_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGATE_HTTP_PORT", "18000")
+    monkeypatch.setenv("TENSORGATE_MODEL_REPO", "/srv/models")
+    settings = _parse()
+    assert settings.http_port == 18000 and isinstance(settings.http_port, int)
+    assert isinstance(settings.model_repo, Path)
+
+
+def test_command_line_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGATE_HTTP_PORT", "18000")
+    assert _parse("--http-port", "9000").http_port == 9000
+
+
+def test_environment_is_read_when_the_arguments_are_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    monkeypatch.setenv("TENSORGATE_HOST", "10.0.0.1")
+    assert parser.parse_args([]).host == "127.0.0.1"
+
+
+def test_unknown_log_level_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse("--log-level", "verbose")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- log_event -------------------------------------------------------------------------------------------------
+
+
+LOGGER = logging.getLogger("tests.unit.logs")
+
+
+def _logged(caplog: pytest.LogCaptureFixture, **fields: Any) -> str:
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
+        log_event(LOGGER, "something_happened", **fields)
+    (record,) = caplog.records
+    return record.getMessage()
+
+
+def test_event_with_plain_fields(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, model="resnet", version=3) == "event=something_happened model=resnet version=3"
+
+
+def test_value_with_a_space_is_quoted(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, reason="worker gone") == 'event=something_happened reason="worker gone"'
+
+
+def test_value_with_a_quote_is_quoted_and_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, reason='say "hi"') == r'event=something_happened reason="say \"hi\""'
+
+
+def test_value_with_an_equals_sign_is_quoted(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, detail="a=b") == 'event=something_happened detail="a=b"'
+
+
+def test_backslash_inside_a_quoted_value_is_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, path=r"C:\a b") == r'event=something_happened path="C:\\a b"'
+
+
+def test_empty_value_is_an_empty_quoted_string(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, reason="") == 'event=something_happened reason=""'
+
+
+def test_float_has_three_decimals(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog, seconds=1.23456) == "event=something_happened seconds=1.235"
+
+
+def test_event_without_fields(caplog: pytest.LogCaptureFixture) -> None:
+    assert _logged(caplog).startswith("event=something_happened")
+
+
+def test_event_uses_the_given_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
+        log_event(LOGGER, "failed", level=logging.ERROR, code=1)
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "event=failed code=1"
+
+
+def test_event_below_the_level_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+        log_event(LOGGER, "chatty", level=logging.DEBUG, x=1)
+    assert caplog.records == []
+
+
+def test_value_with_a_newline_stays_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    assert "\n" not in _logged(caplog, reason="line one\nline two")
