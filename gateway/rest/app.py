@@ -5,6 +5,7 @@ no pydantic validation or serialisation runs per request; the schemas only docum
 """
 
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -61,21 +62,10 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
     async def model_index() -> Response:
         return json_response({"models": plane.model_index()})
 
-    @app.get("/v2/models/{model_name}", response_model=schemas.ModelMetadataResponse,
-             responses=_ERRORS, tags=["metadata"])
-    @app.get("/v2/models/{model_name}/versions/{model_version}",
-             response_model=schemas.ModelMetadataResponse, responses=_ERRORS, tags=["metadata"])
-    async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+    async def model_metadata(_: Request, model_name: str, model_version: str | None) -> Response:
         return json_response(plane.model_metadata(model_name, model_version))
 
-    @app.get("/v2/models/{model_name}/ready", response_model=schemas.ModelReadyResponse,
-             responses={404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}},
-             tags=["health"])
-    @app.get("/v2/models/{model_name}/versions/{model_version}/ready",
-             response_model=schemas.ModelReadyResponse,
-             responses={404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}},
-             tags=["health"])
-    async def model_ready(model_name: str, model_version: str | None = None) -> Response:
+    async def model_ready(_: Request, model_name: str, model_version: str | None) -> Response:
         mv = plane.model_ready(model_name, model_version)
         is_ready = mv.state is State.READY
         body: dict[str, Any] = {"name": mv.name, "version": "" if mv.version is None else str(mv.version),
@@ -84,26 +74,13 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
             body["reason"] = mv.reason
         return json_response(body, 200 if is_ready else 503)
 
-    @app.get("/v2/models/{model_name}/config", responses=_ERRORS, tags=["metadata"])
-    @app.get("/v2/models/{model_name}/versions/{model_version}/config", responses=_ERRORS,
-             tags=["metadata"])
-    async def model_config(model_name: str, model_version: str | None = None) -> Response:
+    async def model_config(_: Request, model_name: str, model_version: str | None) -> Response:
         """The model's effective configuration, in the JSON shape of Triton's ModelConfig."""
         return json_response(plane.model_config(model_name, model_version))
 
-    infer_docs: dict[str, Any] = {
-        "response_model": schemas.InferenceResponse,
-        "responses": _ERRORS,
-        "tags": ["inference"],
-        "openapi_extra": {"requestBody": _INFER_BODY},
-    }
-
-    @app.post("/v2/models/{model_name}/infer", **infer_docs)
-    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", **infer_docs)
-    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         body = await _read_body(request, max_request_bytes)
-        header_length = request.headers.get(HEADER_LENGTH)
-        header, binary = _split_body(body, header_length)
+        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         infer_request = decode_request(header, binary, model_name, model_version)
         response = await plane.infer(infer_request, "rest")
         names = [o.name for o in response.outputs]
@@ -112,6 +89,16 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(json_length)})
+
+    not_ready = {404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}}
+    _model_routes(app, "GET", "", model_metadata, response_model=schemas.ModelMetadataResponse,
+                  responses=_ERRORS, tags=["metadata"])
+    _model_routes(app, "GET", "/ready", model_ready, response_model=schemas.ModelReadyResponse,
+                  responses=not_ready, tags=["health"])
+    _model_routes(app, "GET", "/config", model_config, responses=_ERRORS, tags=["metadata"],
+                  description="The model's effective configuration, in the JSON shape of Triton's ModelConfig.")
+    _model_routes(app, "POST", "/infer", infer, response_model=schemas.InferenceResponse, responses=_ERRORS,
+                  tags=["inference"], openapi_extra={"requestBody": _INFER_BODY})
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -126,6 +113,24 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+ModelHandler = Callable[[Request, str, str | None], Awaitable[Response]]
+
+
+def _model_routes(app: FastAPI, method: str, suffix: str, handler: ModelHandler, **docs: Any) -> None:
+    """Register ``handler`` at /v2/models/{m}<suffix> and at .../versions/{v}<suffix>."""
+
+    async def latest(request: Request, model_name: str) -> Response:
+        return await handler(request, model_name, None)
+
+    async def pinned(request: Request, model_name: str, model_version: str) -> Response:
+        return await handler(request, model_name, model_version)
+
+    name = handler.__name__
+    app.add_api_route(f"/v2/models/{{model_name}}{suffix}", latest, methods=[method], name=name, **docs)
+    app.add_api_route(f"/v2/models/{{model_name}}/versions/{{model_version}}{suffix}", pinned, methods=[method],
+                      name=f"{name}_version", **docs)
 
 
 _INFER_BODY = {

@@ -5,6 +5,7 @@ the server over REST JSON, REST binary and gRPC raw, against the model applied o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import grpc
 import httpx
@@ -52,8 +53,11 @@ def test_digits_test_split_over_every_transport(server: ServerProcess) -> None:
     reference = build.numpy_forward(build.train_digits_mlp(), x_test)
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for call in (lambda x: _rest_json(server.http_url, x), lambda x: _rest_binary(server.http_url, x),
-                     lambda x: _grpc_raw(stub, x)):
+        calls: list[Callable[[np.ndarray], np.ndarray]] = [
+            lambda x: _rest_json(server.http_url, x), lambda x: _rest_binary(server.http_url, x),
+            lambda x: _grpc_raw(stub, x),
+        ]
+        for call in calls:
             logits = np.concatenate([call(x_test[i : i + BATCH]) for i in range(0, len(x_test), BATCH)])
             assert logits.shape == (len(x_test), 10)
             assert (logits.argmax(1) == y_test).mean() >= 0.9

@@ -124,7 +124,7 @@ def test_killed_worker_fails_in_flight_requests_and_comes_back(fault_server: Ser
                 pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
             except grpc.RpcError as exc:
                 assert "slow" in (exc.details() or "")
-                return exc.code()  # type: ignore[no-any-return]
+                return exc.code()
             return grpc.StatusCode.OK
 
     with ThreadPoolExecutor(2) as pool:

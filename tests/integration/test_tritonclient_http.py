@@ -25,7 +25,7 @@ def triton(server: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
 
 def identity_inputs(binary: bool) -> tuple[list[httpclient.InferInput], dict[str, np.ndarray]]:
     rng = np.random.default_rng(3)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "fp32": rng.standard_normal((2, 3)).astype(np.float32),
         "int64": rng.integers(-(2**62), 2**62, (2, 2), dtype=np.int64),
         "bytes": np.array([[b"alpha", "ünïcode".encode()], [b"", b"z" * 300]], dtype=object),
