@@ -77,6 +77,8 @@ class DataPlane:
         started = time.perf_counter()
         model, version = "", ""
         try:
+            if self.draining:
+                raise Unavailable("the server is shutting down; send the request to another replica")
             mv = self._ready_version(request.model_name, request.model_version)
             model, version = mv.name, str(mv.version)
             assert mv.signature is not None
