@@ -12,7 +12,7 @@ from typing import Any
 from gateway import __version__
 from gateway.metrics import Metrics
 from gateway.protocol.datatypes import datatype_of
-from gateway.protocol.errors import InferenceFailed, TensorGateError, Unavailable
+from gateway.protocol.errors import InvalidRequest, QueueTimeout, TensorGateError, Unavailable
 from gateway.protocol.types import InferOutput, InferRequest, InferResponse
 from gateway.repository.config import METADATA_PLATFORM
 from gateway.repository.manager import ModelManager, ModelVersion, State
@@ -20,7 +20,7 @@ from gateway.repository.signature import TensorSpec
 from gateway.validation import validate_request
 
 SERVER_NAME = "tensorgate"
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics")
 
 
 class DataPlane:
@@ -73,24 +73,38 @@ class DataPlane:
         return index
 
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Run one request end to end, recording its outcome and latency."""
-        started = time.perf_counter()
-        model, version = "", ""
+        """Validate, queue, batch and run one request, recording its outcome and latency."""
+        started = time.perf_counter_ns()
+        model, version, stats = "", "", None
         try:
             if self.draining:
                 raise Unavailable("the server is shutting down; send the request to another replica")
             mv = self._ready_version(request.model_name, request.model_version)
             model, version = mv.name, str(mv.version)
-            assert mv.signature is not None
-            inputs, output_names, _ = validate_request(request, mv.signature, mv.config.max_batch_size, mv.name)
-            results = await self.models.execute(mv, inputs, output_names)
+            assert mv.signature is not None and mv.scheduler is not None
+            stats = mv.scheduler.stats
+            inputs, output_names, rows = validate_request(request, mv.signature, mv.config.max_batch_size, mv.name)
+            priority, timeout_s = schedule_parameters(request)
+            results = await mv.scheduler.submit(inputs, output_names, rows, priority, timeout_s)
             outputs = [InferOutput(name, datatype_of(results[name].dtype), results[name]) for name in output_names]
-            _check_batch(outputs, inputs, mv)
         except TensorGateError as exc:
-            self.metrics.observe_request(model, version, protocol, _outcome(exc), time.perf_counter() - started)
+            elapsed = time.perf_counter_ns() - started
+            if stats is not None:
+                stats.fail.add(elapsed)
+            self.metrics.observe_request(model, version, protocol, _outcome(exc), elapsed / 1e9)
             raise
-        self.metrics.observe_request(model, version, protocol, "success", time.perf_counter() - started)
+        elapsed = time.perf_counter_ns() - started
+        stats.success.add(elapsed)
+        self.metrics.observe_request(model, version, protocol, "success", elapsed / 1e9)
         return InferResponse(mv.name, version, outputs, request.id)
+
+    def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+        """Triton-shaped statistics of one model (one or all of its versions), or of every model."""
+        if name:
+            versions = [self.models.get(name, version)] if version else self.models.versions_of(name)
+        else:
+            versions = self.models.all_versions()
+        return [mv.scheduler.stats.as_dict() for mv in versions if mv.scheduler is not None]
 
     def _ready_version(self, name: str, version: str | None) -> ModelVersion:
         mv = self.models.get(name, version)
@@ -103,20 +117,20 @@ def _tensor_metadata(spec: TensorSpec, batch: tuple[int, ...]) -> dict[str, Any]
     return {"name": spec.name, "datatype": spec.datatype, "shape": [*batch, *spec.shape]}
 
 
-def _check_batch(outputs: list[InferOutput], inputs: dict[str, Any], mv: ModelVersion) -> None:
-    """A batched model must return one row per input row, or the rows cannot be told apart."""
-    if mv.config.max_batch_size == 0 or not inputs:
-        return
-    rows = next(iter(inputs.values())).shape[0]
-    for output in outputs:
-        if not output.shape or output.shape[0] != rows:
-            raise InferenceFailed(
-                f"model '{mv.name}' returned output '{output.name}' with shape {list(output.shape)} "
-                f"for a batch of {rows}"
-            )
+def schedule_parameters(request: InferRequest) -> tuple[int | None, float | None]:
+    """The request's ``priority`` (1 is highest, 0 the model's default) and ``timeout`` (µs), as Triton reads them."""
+    priority = request.parameters.get("priority")
+    timeout = request.parameters.get("timeout")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or priority < 0):
+        raise InvalidRequest("parameter 'priority' must be a non-negative integer (1 is the highest)")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise InvalidRequest("parameter 'timeout' must be a non-negative integer number of microseconds")
+    return priority, (timeout / 1e6 if timeout else None)
 
 
 def _outcome(exc: TensorGateError) -> str:
+    if isinstance(exc, QueueTimeout):
+        return "timeout"
     if isinstance(exc, Unavailable):
         return "rejected"
     return "client_error" if exc.http_status < 500 else "server_error"

@@ -12,11 +12,12 @@ import importlib
 import logging
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway.logs import log_event
-from gateway.workers.ipc import Envelope, Execute, Failure, LoadModel, SocketChannel, UnloadModel
+from gateway.workers.ipc import Envelope, Execute, ExecuteResult, Failure, LoadModel, SocketChannel, UnloadModel
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
 
 #: The adapter class for each platform, as "module:Class", imported on first use.
@@ -78,8 +79,9 @@ class Worker:
         self._reply(call_id, None)
 
     def _execute(self, call_id: int, adapter: RuntimeAdapter, call: Execute) -> None:
+        started = time.monotonic_ns()
         try:
-            result: Any = adapter.execute(call.inputs, call.outputs)
+            result: Any = ExecuteResult(adapter.execute(call.inputs, call.outputs), started, time.monotonic_ns())
         except InvalidInput as exc:
             result = Failure("invalid", str(exc))
         except Exception as exc:

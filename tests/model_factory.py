@@ -99,7 +99,8 @@ def slow_model(repo: Path) -> None:
         [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")],
     )
     _save(graph, repo / "slow" / "1" / "model.onnx")
-    _write_config(repo / "slow", "platform: onnx\nmax_batch_size: 0\nparameters: {intra_op_threads: 1}\n")
+    _write_config(repo / "slow", "platform: onnx\nmax_batch_size: 0\ninstances: {count: 2}\n"
+                  "parameters: {intra_op_threads: 1}\n")
 
 
 def failing_model(repo: Path) -> None:

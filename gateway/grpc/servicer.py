@@ -86,8 +86,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             else:
                 yield pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the statistics extension is not implemented yet")
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        try:
+            stats = self._plane.statistics(request.name or None, request.version or None)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")

@@ -9,6 +9,7 @@ error the same way and a new error kind is one class here, never a branch in a h
     ├── PayloadTooLarge      413  RESOURCE_EXHAUSTED  (the body is over the configured limit)
     ├── Unsupported          501  UNIMPLEMENTED       (a valid request for a feature we do not offer)
     ├── Unavailable          503  UNAVAILABLE         (model not ready, worker gone, server draining)
+    │   └── QueueTimeout     503  DEADLINE_EXCEEDED   (the request waited in the queue past its timeout)
     └── InferenceFailed      500  INTERNAL            (the model itself raised while executing)
 
 The gRPC code is kept as the name of a ``grpc.StatusCode`` member so this module stays
@@ -60,6 +61,12 @@ class Unavailable(TensorGateError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+class QueueTimeout(Unavailable):
+    """The request's timeout expired while it was queued; it was never executed."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class InferenceFailed(TensorGateError):

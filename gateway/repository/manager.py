@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +16,9 @@ from gateway.protocol.errors import NotFound, Unavailable
 from gateway.repository.config import ModelConfig
 from gateway.repository.layout import ModelEntry, scan_repository
 from gateway.repository.signature import Signature, SignatureMismatch, resolve_signature
-from gateway.workers.ipc import Execute, LoadModel
+from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.stats import ModelStats
+from gateway.workers.ipc import Execute, ExecuteResult, LoadModel
 from gateway.workers.process import WorkerCallFailed, WorkerProcess, client_error
 
 log = logging.getLogger("tensorgate.repository")
@@ -43,6 +44,7 @@ class ModelVersion:
     signature: Signature | None = None
     load_seconds: float | None = None
     versions: tuple[str, ...] = field(default=())
+    scheduler: Scheduler | None = None
 
     @property
     def key(self) -> str:
@@ -100,19 +102,24 @@ class ModelManager:
         served = ", ".join(str(mv.version) for mv in versions if mv.version is not None) or "none"
         raise NotFound(f"model '{name}' has no version '{version}' (served versions: {served})")
 
+    def versions_of(self, name: str) -> list[ModelVersion]:
+        self.get(name)  # NotFound for an unknown model
+        return list(self._models[name])
+
     def all_versions(self) -> list[ModelVersion]:
         return [mv for name in sorted(self._models) for mv in self._models[name]]
 
     def all_ready(self) -> bool:
         return bool(self._models) and all(mv.state is State.READY for mv in self.all_versions())
 
-    async def execute(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str]) -> Any:
+    async def execute(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
         """Run one batch of ``mv`` in its worker; errors come back as client-facing errors."""
         worker = self._workers.get(mv.config.framework)
         if worker is None:
             raise Unavailable(f"model '{mv.name}': its runtime worker is not running")
         try:
-            return await worker.call(Execute(mv.key, inputs, outputs), mv.name)
+            result: ExecuteResult = await worker.call(Execute(mv.key, inputs, outputs), mv.name)
+            return result
         except WorkerCallFailed as exc:
             raise client_error(exc, mv.name) from None
 
@@ -161,6 +168,8 @@ class ModelManager:
             mv.state, mv.reason = State.UNAVAILABLE, f"{path}: {exc}"
         else:
             mv.state = State.READY
+            if mv.scheduler is None:
+                mv.scheduler = self._scheduler(mv)
         mv.load_seconds = time.perf_counter() - started
         if mv.state is State.READY:
             log_event(log, "model_loaded", model=mv.name, version=mv.version, platform=config.platform,
@@ -168,6 +177,15 @@ class ModelManager:
         else:
             log_event(log, "model_load_failed", level=logging.ERROR, model=mv.name, version=mv.version,
                       reason=mv.reason)
+
+    def _scheduler(self, mv: ModelVersion) -> Scheduler:
+        config = mv.config
+
+        async def execute(inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
+            return await self.execute(mv, inputs, outputs)
+
+        return Scheduler(mv.label, config.max_batch_size, config.instances.count, config.dynamic_batching,
+                         execute, ModelStats(mv.name, str(mv.version)))
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         if self._closing:

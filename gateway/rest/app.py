@@ -58,6 +58,11 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
     async def server_metadata() -> Response:
         return json_response(plane.server_metadata())
 
+    @app.get("/v2/models/stats", response_model=schemas.StatisticsResponse, tags=["statistics"])
+    async def all_statistics() -> Response:
+        """Statistics of every model version, in the shape of Triton's statistics extension."""
+        return json_response({"model_stats": plane.statistics(None, None)})
+
     @app.get("/v2/models", response_model=schemas.ModelIndexResponse, tags=["metadata"])
     async def model_index() -> Response:
         return json_response({"models": plane.model_index()})
@@ -90,6 +95,9 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(json_length)})
 
+    async def model_statistics(_: Request, model_name: str, model_version: str | None) -> Response:
+        return json_response({"model_stats": plane.statistics(model_name, model_version)})
+
     not_ready = {404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}}
     _model_routes(app, "GET", "", model_metadata, response_model=schemas.ModelMetadataResponse,
                   responses=_ERRORS, tags=["metadata"])
@@ -97,6 +105,8 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
                   responses=not_ready, tags=["health"])
     _model_routes(app, "GET", "/config", model_config, responses=_ERRORS, tags=["metadata"],
                   description="The model's effective configuration, in the JSON shape of Triton's ModelConfig.")
+    _model_routes(app, "GET", "/stats", model_statistics, response_model=schemas.StatisticsResponse,
+                  responses=_ERRORS, tags=["statistics"])
     _model_routes(app, "POST", "/infer", infer, response_model=schemas.InferenceResponse, responses=_ERRORS,
                   tags=["inference"], openapi_extra={"requestBody": _INFER_BODY})
 

@@ -63,6 +63,43 @@ class ModelIndexResponse(BaseModel):
     models: list[ModelIndexEntry]
 
 
+class StatisticDuration(BaseModel):
+    count: int
+    ns: int
+
+
+class InferStatistics(BaseModel):
+    success: StatisticDuration
+    fail: StatisticDuration
+    queue: StatisticDuration
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    cache_hit: StatisticDuration
+    cache_miss: StatisticDuration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch")
+    inference_count: int = Field(description="rows inferred (a request of batch N counts N)")
+    execution_count: int = Field(description="batches executed")
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class StatisticsResponse(BaseModel):
+    model_stats: list[ModelStatistics]
+
+
 class RequestInput(BaseModel):
     name: str
     shape: list[int]

@@ -57,6 +57,16 @@ class Execute:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """A batch's outputs, and when execution started and finished (``time.monotonic_ns``,
+    a clock shared by every process on the machine)."""
+
+    outputs: dict[str, np.ndarray]
+    started_ns: int
+    finished_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels: a call id and its payload, or a reply to that call id."""
 

@@ -1,0 +1,1 @@
+"""Per-model-version queueing and dynamic batching."""

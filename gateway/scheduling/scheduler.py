@@ -1,0 +1,233 @@
+"""One model version's queue and dynamic batcher.
+
+Requests arrive validated, wait in a queue per priority level (1 is the highest; FIFO
+within a level), and leave in batches when an instance is free and ``BatchWindow`` says
+the batch is worth sending. A batch concatenates its requests along the batch dimension
+(one copy, into the array that crosses to the worker), never exceeds ``max_batch_size``,
+never splits a request, and only joins requests whose non-batch dimensions match. The
+outputs are sliced back so each request sees only its own rows.
+
+Everything here runs on the event loop, so the queue needs no locks. A full queue rejects
+at once; a request whose timeout expires in the queue fails and is never executed; a
+request whose caller is cancelled (client gone) leaves the queue if it has not run yet.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, TensorGateError, Unavailable
+from gateway.repository.config import DynamicBatchingConfig
+from gateway.scheduling.stats import ModelStats
+from gateway.scheduling.window import BatchWindow
+from gateway.workers.ipc import ExecuteResult
+
+Outputs = dict[str, np.ndarray]
+ExecuteBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[ExecuteResult]]
+
+#: Queue bound when the config sets none: enough for any sane concurrency, never unbounded memory.
+DEFAULT_MAX_QUEUE_SIZE = 1024
+
+_QUEUED, _RUNNING, _GONE = 0, 1, 2
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    rows: int
+    shape_key: tuple[tuple[int, ...], ...]
+    enqueued: float
+    enqueued_ns: int
+    future: asyncio.Future[Outputs]
+    state: int = _QUEUED
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+
+class Scheduler:
+    """Queues requests for one model version and runs them in batches on ``instances`` instances."""
+
+    def __init__(self, label: str, max_batch_size: int, instances: int, batching: DynamicBatchingConfig | None,
+                 execute: ExecuteBatch, stats: ModelStats) -> None:
+        config = batching or DynamicBatchingConfig()
+        self.label = label
+        self.max_batch_size = max_batch_size
+        self.stats = stats
+        self._execute = execute
+        self._levels = config.priority_levels
+        self._default_priority = min(config.default_priority, self._levels)
+        self._default_timeout_s = config.default_timeout_ms / 1000
+        self._max_queue = config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
+        self._queues: list[deque[_Pending]] = [deque() for _ in range(self._levels)]
+        self._window = BatchWindow(max_batch_size, config.max_queue_delay_ms / 1000, config.preferred_batch_sizes)
+        self._idle = instances
+        self.queued_requests = 0
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], rows: int,
+                     priority: int | None = None, timeout_s: float | None = None) -> Outputs:
+        """Queue one request and wait for its own outputs."""
+        level = priority or self._default_priority
+        if not 1 <= level <= self._levels:
+            raise InvalidRequest(f"priority must be between 1 (highest) and {self._levels} for model {self.label}")
+        if self.queued_requests >= self._max_queue:
+            raise Unavailable(f"model {self.label}: the queue is full ({self._max_queue} requests); retry later")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
+                           time.monotonic_ns(), loop.create_future())
+        self._queues[level - 1].append(pending)
+        self.queued_requests += 1
+        self._queued_rows += rows
+        self._window.arrived(pending.enqueued, self._queued_rows + self._running_rows)
+        timeout = timeout_s if timeout_s is not None else self._default_timeout_s
+        if timeout > 0:
+            pending.timer = loop.call_later(timeout, self._expire, pending)
+        self._dispatch()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            if pending.state == _QUEUED:
+                self._leave(pending)
+            raise
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queued_requests or self._batches)
+
+    def _leave(self, pending: _Pending) -> None:
+        """Take a queued request out of the counts (it is dropped from its deque lazily)."""
+        pending.state = _GONE
+        self.queued_requests -= 1
+        self._queued_rows -= pending.rows
+        if pending.timer is not None:
+            pending.timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.state != _QUEUED:
+            return
+        self._leave(pending)
+        waited_ms = (time.monotonic_ns() - pending.enqueued_ns) / 1e6
+        pending.future.set_exception(
+            QueueTimeout(f"model {self.label}: the request timed out after {waited_ms:.1f} ms in the queue")
+        )
+
+    def _head(self) -> _Pending | None:
+        for queue in self._queues:
+            while queue and queue[0].state != _QUEUED:
+                queue.popleft()
+            if queue:
+                return queue[0]
+        return None
+
+    def _oldest_enqueued(self) -> float:
+        return min(q[0].enqueued for q in self._queues if q)
+
+    def _dispatch(self) -> None:
+        """Start as many batches as there are idle instances and ready requests."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        while self._idle > 0:
+            head = self._head()
+            if head is None:
+                return
+            decision = self._window.decide(loop.time(), self._queued_rows, self._running_rows,
+                                           self._oldest_enqueued())
+            if decision.wait > 0:
+                self._timer = loop.call_later(decision.wait, self._dispatch)
+                return
+            batch = self._take_batch(head)
+            rows = sum(p.rows for p in batch)
+            self._idle -= 1
+            self._running_rows += rows
+            task = loop.create_task(self._run(batch, rows))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    def _take_batch(self, head: _Pending) -> list[_Pending]:
+        """The head request plus, in priority then arrival order, the compatible ones that fit."""
+        if self.max_batch_size == 0:
+            batch = [head]
+        else:
+            batch, rows, full = [], 0, False
+            for level, queue in enumerate(self._queues):
+                kept: deque[_Pending] = deque()
+                for pending in queue:
+                    if pending.state != _QUEUED:
+                        continue
+                    if full or pending.shape_key != head.shape_key:
+                        kept.append(pending)
+                    elif rows + pending.rows > self.max_batch_size:
+                        full = True  # never reorder past a request that does not fit
+                        kept.append(pending)
+                    else:
+                        batch.append(pending)
+                        rows += pending.rows
+                self._queues[level] = kept
+        for pending in batch:
+            pending.state = _RUNNING
+            self.queued_requests -= 1
+            self._queued_rows -= pending.rows
+            if pending.timer is not None:
+                pending.timer.cancel()
+        return batch
+
+    async def _run(self, batch: list[_Pending], rows: int) -> None:
+        dispatched_ns = time.monotonic_ns()
+        for pending in batch:
+            self.stats.queue.add(dispatched_ns - pending.enqueued_ns)
+        try:
+            names = _union(batch)
+            inputs = batch[0].inputs if len(batch) == 1 else {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in sorted(batch[0].inputs)
+            }
+            result = await self._execute(inputs, names)
+            self._deliver(batch, rows, result.outputs)
+            done_ns = time.monotonic_ns()
+            self.stats.record_batch(rows, len(batch), result.started_ns - dispatched_ns,
+                                    result.finished_ns - result.started_ns, done_ns - result.finished_ns)
+        except TensorGateError as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(type(exc)(exc.message))
+        finally:
+            self._idle += 1
+            self._running_rows -= rows
+            self._dispatch()
+
+    def _deliver(self, batch: list[_Pending], rows: int, outputs: Outputs) -> None:
+        if self.max_batch_size > 0:
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise InferenceFailed(f"model {self.label} returned output '{name}' with shape "
+                                          f"{list(array.shape)} for a batch of {rows}")
+        offset = 0
+        for pending in batch:
+            if not pending.future.done():
+                if self.max_batch_size == 0:
+                    pending.future.set_result({name: outputs[name] for name in pending.outputs})
+                else:
+                    pending.future.set_result(
+                        {name: outputs[name][offset : offset + pending.rows] for name in pending.outputs})
+            offset += pending.rows
+
+
+def _shape_key(inputs: dict[str, np.ndarray], max_batch_size: int) -> tuple[tuple[int, ...], ...]:
+    """Requests batch together only when every input matches in its non-batch dimensions."""
+    skip = 1 if max_batch_size > 0 else 0
+    return tuple(tuple(inputs[name].shape[skip:]) for name in sorted(inputs))
+
+
+def _union(batch: list[_Pending]) -> list[str]:
+    names: list[str] = []
+    for pending in batch:
+        names.extend(n for n in pending.outputs if n not in names)
+    return names

@@ -1,0 +1,73 @@
+"""When to send a batch: the dispatch rule, kept free of asyncio so it can be tested alone.
+
+The naive rule — send whatever is queued the moment an instance is idle — breaks under a
+closed loop: N clients that all got their answers back send their next requests over a
+millisecond or so; the first one finds an idle instance and goes alone, the other N-1 pile
+up behind it, and batches alternate 1, N-1, 1, N-1 at a third of the throughput.
+
+This rule learns how many rows are *in the loop*: the peak of (queued + executing) rows over
+the recent past. When an instance is idle and fewer rows are queued than the loop holds
+(minus those still executing elsewhere, whose clients cannot come back yet), it waits for
+them — but only while they keep arriving (no gap longer than a few recent inter-arrival
+gaps) and never past the max queue delay of the oldest queued request. At concurrency 1 the
+loop holds one row, so a lone request is sent at once.
+"""
+
+from dataclasses import dataclass
+
+#: How long a peak of in-system rows is remembered once the load drops below it.
+PEAK_MEMORY_S = 1.0
+#: Arrivals have stalled when none came for this many recent inter-arrival gaps.
+STALL_GAPS = 4.0
+#: Bounds of the stall time, so one odd gap neither stops waiting at once nor makes it long.
+MIN_STALL_S = 50e-6
+
+
+@dataclass(slots=True)
+class Decision:
+    """``wait`` seconds before looking again; 0 means send a batch now."""
+
+    wait: float
+
+
+class BatchWindow:
+    """Arrival statistics of one queue, and the rule that reads them."""
+
+    def __init__(self, max_batch_size: int, max_delay_s: float, preferred: list[int]) -> None:
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay_s = max_delay_s
+        self.preferred = sorted(p for p in preferred if p <= self.max_batch_size)
+        self._last_arrival = 0.0
+        self._gap = 0.0
+        self._peak = 0
+        self._peak_at = 0.0
+
+    def arrived(self, now: float, in_system_rows: int) -> None:
+        """Record an arrival; ``in_system_rows`` counts queued and executing rows, this one included."""
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            if gap < self.max_delay_s or not self._gap:
+                self._gap = gap if not self._gap else 0.8 * self._gap + 0.2 * gap
+        self._last_arrival = now
+        if in_system_rows >= self._peak or now - self._peak_at > PEAK_MEMORY_S:
+            self._peak, self._peak_at = in_system_rows, now
+
+    def target(self, running_rows: int) -> int:
+        """The batch worth waiting for: the rows in the loop that are not executing, within limits."""
+        target = min(self.max_batch_size, self._peak - running_rows)
+        if self.preferred:
+            fitting = [p for p in self.preferred if p <= target]
+            target = fitting[-1] if fitting else self.preferred[0]
+        return max(1, target)
+
+    def decide(self, now: float, queued_rows: int, running_rows: int, oldest_enqueued: float) -> Decision:
+        """Send now, or how long to wait for more rows, given an idle instance and a non-empty queue."""
+        if queued_rows >= self.max_batch_size or self.max_delay_s <= 0:
+            return Decision(0.0)
+        budget_end = oldest_enqueued + self.max_delay_s
+        if now >= budget_end or queued_rows >= self.target(running_rows):
+            return Decision(0.0)
+        stall_end = self._last_arrival + max(MIN_STALL_S, STALL_GAPS * self._gap)
+        if now >= stall_end:
+            return Decision(0.0)
+        return Decision(min(budget_end, stall_end) - now)
