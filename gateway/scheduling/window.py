@@ -8,9 +8,10 @@ up behind it, and batches alternate 1, N-1, 1, N-1 at a third of the throughput.
 This rule learns how many rows are *in the loop*: the peak of (queued + executing) rows over
 the recent past. When an instance is idle and fewer rows are queued than the loop holds
 (minus those still executing elsewhere, whose clients cannot come back yet), it waits for
-them — but only while they keep arriving (no gap longer than a few recent inter-arrival
-gaps) and never past the max queue delay of the oldest queued request. At concurrency 1 the
-loop holds one row, so a lone request is sent at once.
+them — but only while they can be expected (within a few recent inter-arrival gaps of the
+last arrival, or a couple of client turnaround times of the last completed batch, whose
+clients are on their way back) and never past the max queue delay of the oldest queued
+request. At concurrency 1 the loop holds one row, so a lone request is sent at once.
 """
 
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 PEAK_MEMORY_S = 1.0
 #: Arrivals have stalled when none came for this many recent inter-arrival gaps.
 STALL_GAPS = 4.0
-#: Bounds of the stall time, so one odd gap neither stops waiting at once nor makes it long.
+#: Clients of a finished batch are expected back within this many recent turnaround times.
+RETURN_TURNAROUNDS = 2.0
+#: The shortest stall time, so one tiny gap does not end the wait at once.
 MIN_STALL_S = 50e-6
 
 
@@ -39,6 +42,9 @@ class BatchWindow:
         self.preferred = sorted(p for p in preferred if p <= self.max_batch_size)
         self._last_arrival = 0.0
         self._gap = 0.0
+        self._last_completion = 0.0
+        self._turnaround = 0.0
+        self._awaiting_return = False
         self._peak = 0
         self._peak_at = 0.0
 
@@ -49,8 +55,18 @@ class BatchWindow:
             if gap < self.max_delay_s or not self._gap:
                 self._gap = gap if not self._gap else 0.8 * self._gap + 0.2 * gap
         self._last_arrival = now
+        if self._awaiting_return:
+            sample = now - self._last_completion
+            if sample < self.max_delay_s:
+                self._turnaround = sample if not self._turnaround else 0.8 * self._turnaround + 0.2 * sample
+            self._awaiting_return = False
         if in_system_rows >= self._peak or now - self._peak_at > PEAK_MEMORY_S:
             self._peak, self._peak_at = in_system_rows, now
+
+    def completed(self, now: float) -> None:
+        """Record a finished batch: its clients will send again after their turnaround time."""
+        self._last_completion = now
+        self._awaiting_return = True
 
     def target(self, running_rows: int) -> int:
         """The batch worth waiting for: the rows in the loop that are not executing, within limits."""
@@ -67,7 +83,8 @@ class BatchWindow:
         budget_end = oldest_enqueued + self.max_delay_s
         if now >= budget_end or queued_rows >= self.target(running_rows):
             return Decision(0.0)
-        stall_end = self._last_arrival + max(MIN_STALL_S, STALL_GAPS * self._gap)
+        stall_end = max(self._last_arrival + max(MIN_STALL_S, STALL_GAPS * self._gap),
+                        self._last_completion + max(MIN_STALL_S, RETURN_TURNAROUNDS * self._turnaround))
         if now >= stall_end:
             return Decision(0.0)
         return Decision(min(budget_end, stall_end) - now)

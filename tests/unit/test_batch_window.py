@@ -1,0 +1,146 @@
+"""The dispatch rule under a simulated closed loop (a simulated clock: deterministic, no sleeps).
+
+N clients each send a one-row request, wait for the answer, think for a little while and send
+again. One instance runs a batch in a fixed time. The naive rule (send whatever is queued as
+soon as the instance is idle) splits the clients into alternating small and large batches;
+the BatchWindow rule keeps them together.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import pytest
+
+from gateway.scheduling.window import BatchWindow
+
+Rule = Callable[[float, int, int, float], float]
+
+
+def simulate(clients: int, batch_time: Callable[[int], float], think: Callable[[int], float],
+             rule_for: Callable[[], Rule], window: BatchWindow | None, batches_to_run: int = 200) -> list[int]:
+    """Run the closed loop and return the executed batch sizes."""
+    events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, client)
+    seq = 0
+    for client in range(clients):
+        heapq.heappush(events, (think(client), seq, "arrive", client))
+        seq += 1
+    queue: list[tuple[float, int]] = []  # (enqueued, client)
+    running: list[int] = []
+    busy_until = None
+    sizes: list[int] = []
+    rule = rule_for()
+    wake_at: float | None = None
+    while len(sizes) < batches_to_run:
+        now, _, kind, client = heapq.heappop(events)
+        if kind == "arrive":
+            queue.append((now, client))
+            if window is not None:
+                window.arrived(now, len(queue) + len(running))
+        elif kind == "done":
+            if window is not None:
+                window.completed(now)
+            for c in running:
+                heapq.heappush(events, (now + think(c), seq, "arrive", c))
+                seq += 1
+            running = []
+            busy_until = None
+        elif kind == "wake" and now != wake_at:
+            continue
+        if busy_until is None and queue:
+            wait = rule(now, len(queue), len(running), queue[0][0])
+            if wait > 0:
+                wake_at = now + wait
+                heapq.heappush(events, (wake_at, seq, "wake", -1))
+                seq += 1
+                continue
+            running = [c for _, c in queue[:16]]
+            queue = queue[16:]
+            sizes.append(len(running))
+            busy_until = now + batch_time(len(running))
+            heapq.heappush(events, (busy_until, seq, "done", -1))
+            seq += 1
+    return sizes
+
+
+def naive() -> Rule:
+    return lambda now, queued, running, oldest: 0.0
+
+
+def windowed(window: BatchWindow) -> Callable[[], Rule]:
+    return lambda: lambda now, queued, running, oldest: window.decide(now, queued, running, oldest).wait
+
+
+def staggered(client: int) -> float:
+    """Clients return 100 µs apart, as they do when the server writes 16 responses one by one."""
+    return 0.0003 + 0.0001 * client
+
+
+#: Batch cost models: per-batch overhead plus per-row compute (seconds).
+COMPUTE_BOUND = {"fixed": 0.0002, "per_row": 0.0016}    # like mlp_large: ~26 ms for 16 rows
+OVERHEAD_BOUND = {"fixed": 0.0010, "per_row": 0.00005}  # like mlp_small: the batch's fixed cost dominates
+
+
+def cost(model: dict[str, float]) -> Callable[[int], float]:
+    return lambda rows: model["fixed"] + model["per_row"] * rows
+
+
+@pytest.mark.parametrize("model", [COMPUTE_BOUND, OVERHEAD_BOUND], ids=["compute-bound", "overhead-bound"])
+def test_naive_rule_splits_a_closed_loop(model: dict[str, float]) -> None:
+    steady = simulate(16, cost(model), staggered, naive, None)[20:]
+    assert min(steady) <= 4
+    assert sum(steady) / len(steady) < 10
+
+
+@pytest.mark.parametrize("model", [COMPUTE_BOUND, OVERHEAD_BOUND], ids=["compute-bound", "overhead-bound"])
+def test_window_keeps_a_closed_loop_together(model: dict[str, float]) -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.005, preferred=[])
+    steady = simulate(16, cost(model), staggered, windowed(window), window)[20:]
+    assert steady == [16] * len(steady)
+
+
+@pytest.mark.parametrize("clients", [1, 4, 16])
+def test_window_never_waits_past_the_oldest_requests_delay(clients: int) -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.002, preferred=[])
+    for i in range(clients):
+        window.arrived(i * 0.0001, i + 1)
+    decision = window.decide(0.0100, 1, 0, oldest_enqueued=0.0085)
+    assert decision.wait == 0  # the oldest request's 2 ms budget is spent
+
+
+def test_a_lone_client_is_never_delayed() -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.010, preferred=[])
+    for i in range(50):
+        now = i * 0.003
+        window.arrived(now, 1)
+        assert window.decide(now, 1, 0, now).wait == 0
+
+
+def test_waits_for_the_rest_of_the_loop_while_it_keeps_arriving() -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.010, preferred=[])
+    window.arrived(0.0, 8)  # eight rows were in the system: the loop holds eight
+    for i in range(3):
+        window.arrived(0.001 + i * 0.0001, i + 1)
+    decision = window.decide(0.0012, 3, 0, oldest_enqueued=0.001)
+    assert 0 < decision.wait <= 0.010
+    assert window.decide(0.0050, 3, 0, oldest_enqueued=0.001).wait == 0  # arrivals stalled: send
+
+
+def test_rows_still_executing_are_not_waited_for() -> None:
+    window = BatchWindow(max_batch_size=32, max_delay_s=0.010, preferred=[])
+    window.arrived(0.0, 16)
+    assert window.target(running_rows=8) == 8
+    assert window.decide(0.0, 8, 8, 0.0).wait == 0
+
+
+def test_preferred_sizes_snap_the_target_down() -> None:
+    window = BatchWindow(max_batch_size=32, max_delay_s=0.010, preferred=[4, 8, 32])
+    window.arrived(0.0, 13)
+    assert window.target(0) == 8
+
+
+def test_zero_delay_is_the_naive_rule() -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.0, preferred=[])
+    window.arrived(0.0, 16)
+    assert window.decide(0.0, 1, 0, 0.0).wait == 0

@@ -1,0 +1,210 @@
+"""The scheduler with an in-process fake executor (no framework, no worker): batching,
+priorities, timeouts, the bounded queue, cancellation and per-request output slicing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, Unavailable
+from gateway.repository.config import DynamicBatchingConfig
+from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.stats import ModelStats
+from gateway.workers.ipc import ExecuteResult
+
+
+class FakeModel:
+    """Doubles its input; each batch waits until the test releases it, and is recorded."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+        self.started = asyncio.Event()
+
+    async def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
+        self.batches.append(inputs["x"])
+        self.started.set()
+        await self.release.wait()
+        now = time.monotonic_ns()
+        return ExecuteResult({"y": inputs["x"] * 2, "z": inputs["x"] + 1}, now, now)
+
+
+def make(model: FakeModel, max_batch_size: int = 8, instances: int = 1, **batching: Any) -> Scheduler:
+    return Scheduler("'fake' version 1", max_batch_size, instances, DynamicBatchingConfig(**batching), model,
+                     ModelStats("fake", "1"))
+
+
+def rows(value: float, n: int = 1, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, width), value, dtype=np.float32)}
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(test())
+
+
+def test_requests_queued_while_busy_run_as_one_batch_and_get_their_own_rows() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        first = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        others = [asyncio.create_task(scheduler.submit(rows(i, n=1 + i % 2), ["y", "z"], 1 + i % 2))
+                  for i in range(1, 5)]
+        await asyncio.sleep(0)
+        model.release.set()
+        assert (await first)["y"].tolist() == [[0, 0]]
+        for i, task in enumerate(others, start=1):
+            result = await task
+            assert result["y"].tolist() == [[2 * i] * 2] * (1 + i % 2)
+            assert result["z"].tolist() == [[i + 1] * 2] * (1 + i % 2)
+        assert [len(b) for b in model.batches] == [1, 6]
+        assert scheduler.stats.execution_count == 2 and scheduler.stats.inference_count == 7
+    run(scenario)
+
+
+def test_batches_never_exceed_max_batch_size_nor_split_a_request() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model, max_batch_size=4)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        sizes = [3, 2, 2, 1]
+        tasks = [asyncio.create_task(scheduler.submit(rows(i, n), ["y"], n)) for i, n in enumerate(sizes)]
+        await asyncio.sleep(0)
+        model.release.set()
+        await asyncio.gather(blocker, *tasks)
+        assert [len(b) for b in model.batches] == [1, 3, 4, 1]  # FIFO, nothing split, nothing over 4
+    run(scenario)
+
+
+def test_only_matching_non_batch_dimensions_share_a_batch() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        tasks = [asyncio.create_task(scheduler.submit(rows(i, width=2 + i % 2), ["y"], 1)) for i in range(6)]
+        await asyncio.sleep(0)
+        model.release.set()
+        results = await asyncio.gather(blocker, *tasks)
+        assert sorted(b.shape for b in model.batches[1:]) == [(3, 2), (3, 3)]
+        assert results[2]["y"].shape == (1, 3)  # results[0] is the blocker; task i=1 has width 3
+    run(scenario)
+
+
+def test_higher_priority_runs_first() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model, max_batch_size=1, priority_levels=3, default_priority=2)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        low = asyncio.create_task(scheduler.submit(rows(3), ["y"], 1, priority=3))
+        default = asyncio.create_task(scheduler.submit(rows(2), ["y"], 1))
+        high = asyncio.create_task(scheduler.submit(rows(1), ["y"], 1, priority=1))
+        await asyncio.sleep(0)
+        model.release.set()
+        await asyncio.gather(blocker, low, default, high)
+        assert [float(b[0, 0]) for b in model.batches] == [0, 1, 2, 3]
+    run(scenario)
+
+
+def test_priority_out_of_range_is_rejected() -> None:
+    async def scenario() -> None:
+        scheduler = make(FakeModel(), priority_levels=2)
+        with pytest.raises(InvalidRequest, match="between 1"):
+            await scheduler.submit(rows(0), ["y"], 1, priority=3)
+    run(scenario)
+
+
+def test_timed_out_requests_fail_and_are_never_executed() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        doomed = asyncio.create_task(scheduler.submit(rows(7), ["y"], 1, timeout_s=0.001))
+        with pytest.raises(QueueTimeout, match="timed out"):
+            await doomed
+        model.release.set()
+        await blocker
+        assert [float(b[0, 0]) for b in model.batches] == [0]
+        assert scheduler.queued_requests == 0
+    run(scenario)
+
+
+def test_a_full_queue_rejects_at_once() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model, max_batch_size=1, max_queue_size=2)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        queued = [asyncio.create_task(scheduler.submit(rows(i), ["y"], 1)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable, match="queue is full"):
+            await scheduler.submit(rows(3), ["y"], 1)
+        model.release.set()
+        await asyncio.gather(blocker, *queued)
+    run(scenario)
+
+
+def test_a_cancelled_request_leaves_the_queue_unexecuted() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1))
+        await model.started.wait()
+        gone = asyncio.create_task(scheduler.submit(rows(9), ["y"], 1))
+        stays = asyncio.create_task(scheduler.submit(rows(4), ["y"], 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert scheduler.queued_requests == 1
+        model.release.set()
+        await asyncio.gather(blocker, stays)
+        assert [b[:, 0].tolist() for b in model.batches] == [[0], [4]]
+    run(scenario)
+
+
+def test_unbatched_models_run_each_request_alone() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model, max_batch_size=0)
+        tasks = [asyncio.create_task(scheduler.submit({"x": np.full(3, i, np.float32)}, ["y"], 1)) for i in range(3)]
+        await asyncio.sleep(0)
+        model.release.set()
+        results = await asyncio.gather(*tasks)
+        assert [len(b) for b in model.batches] == [3, 3, 3]
+        assert results[2]["y"].tolist() == [4, 4, 4]
+    run(scenario)
+
+
+def test_instances_run_batches_in_parallel() -> None:
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model, max_batch_size=1, instances=3)
+        tasks = [asyncio.create_task(scheduler.submit(rows(i), ["y"], 1)) for i in range(3)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(model.batches) == 3  # all three started before any finished
+        model.release.set()
+        await asyncio.gather(*tasks)
+    run(scenario)
+
+
+def test_wrong_number_of_output_rows_fails_the_whole_batch() -> None:
+    async def broken(inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
+        return ExecuteResult({"y": inputs["x"][:1]}, 0, 0)
+
+    async def scenario() -> None:
+        scheduler = Scheduler("'broken' version 1", 8, 1, None, broken, ModelStats("broken", "1"))
+        with pytest.raises(InferenceFailed, match="for a batch of 2"):
+            await scheduler.submit(rows(0, n=2), ["y"], 2)
+    run(scenario)
