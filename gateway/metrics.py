@@ -50,12 +50,17 @@ class _ModelStateCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         ready = GaugeMetricFamily("tensorgate_model_ready", "1 if the model version is ready, else 0.",
                                   labels=["model", "version"])
+        depth = GaugeMetricFamily("tensorgate_queue_depth", "Requests waiting in the model version's queue.",
+                                  labels=["model", "version"])
         for mv in self._models.all_versions():
-            ready.add_metric([mv.name, "" if mv.version is None else str(mv.version)],
-                             1.0 if mv.state.value == "READY" else 0.0)
+            labels = [mv.name, "" if mv.version is None else str(mv.version)]
+            ready.add_metric(labels, 1.0 if mv.state.value == "READY" else 0.0)
+            if mv.scheduler is not None:
+                depth.add_metric(labels, mv.scheduler.queued_requests)
         restarts = CounterMetricFamily("tensorgate_worker_restarts", "Runtime worker restarts.",
                                        labels=["framework"])
         for framework, count in self._models.restarts.items():
             restarts.add_metric([framework], count)
         yield ready
+        yield depth
         yield restarts

@@ -75,9 +75,9 @@ def versioned_model(repo: Path) -> None:
                   "platform: onnx\nmax_batch_size: 4\nversion_policy: {specific: {versions: [1, 2]}}\n")
 
 
-def slow_model(repo: Path) -> None:
-    """``slow``: repeats a 64x64 matrix product ``iterations`` times, to hold a batch in flight."""
-    body = helper.make_graph(
+def _matmul_loop_body() -> onnx.GraphProto:
+    """A Loop body that multiplies a 64x64 state by a constant matrix: a fixed amount of work per turn."""
+    return helper.make_graph(
         [helper.make_node("MatMul", ["state_in", "w"], ["product"]),
          helper.make_node("Tanh", ["product"], ["state_out"]),
          helper.make_node("Identity", ["cond_in"], ["cond_out"])],
@@ -88,19 +88,48 @@ def slow_model(repo: Path) -> None:
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [64, 64])],
     )
+
+
+def _loop_weights() -> onnx.TensorProto:
     rng = np.random.default_rng(0)
+    return numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")
+
+
+def slow_model(repo: Path, name: str = "slow", config: str = "instances: {count: 2}\n") -> None:
+    """``slow``: repeats a 64x64 matrix product ``iterations`` times, to hold a batch in flight."""
     graph = helper.make_graph(
         [helper.make_node("Squeeze", ["iterations"], ["trip"]),
-         helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)],
+         helper.make_node("Loop", ["trip", "", "x"], ["y"], body=_matmul_loop_body())],
         "slow",
         [helper.make_tensor_value_info("iterations", TensorProto.INT64, [1]),
          helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
-        [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")],
+        [_loop_weights()],
     )
-    _save(graph, repo / "slow" / "1" / "model.onnx")
-    _write_config(repo / "slow", "platform: onnx\nmax_batch_size: 0\ninstances: {count: 2}\n"
-                  "parameters: {intra_op_threads: 1}\n")
+    _save(graph, repo / name / "1" / "model.onnx")
+    _write_config(repo / name, f"platform: onnx\nmax_batch_size: 0\nparameters: {{intra_op_threads: 1}}\n{config}")
+
+
+def delay_model(repo: Path, name: str = "delay", turns: int = 1300, config: str = "max_batch_size: 16\n") -> None:
+    """``delay``: y = 2x for x of shape [batch, 4], after a fixed ``turns`` of matrix work (about 4 µs each
+    here), whatever the batch size: a model whose cost is per batch, so batching pays."""
+    fixed_work = helper.make_node("Loop", ["turns", "", "seed"], ["state"], body=_matmul_loop_body())
+    graph = helper.make_graph(
+        [fixed_work,
+         helper.make_node("ReduceSum", ["state"], ["total"], keepdims=0),
+         helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+         helper.make_node("Mul", ["x", "two"], ["doubled"]),
+         helper.make_node("Add", ["doubled", "nothing"], ["y"])],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [_loop_weights(), numpy_helper.from_array(np.array(turns, dtype=np.int64), "turns"),
+         numpy_helper.from_array(np.eye(64, dtype=np.float32), "seed"),
+         numpy_helper.from_array(np.array(0, dtype=np.float32), "zero"),
+         numpy_helper.from_array(np.array(2, dtype=np.float32), "two")],
+    )
+    _save(graph, repo / name / "1" / "model.onnx")
+    _write_config(repo / name, f"platform: onnx\nparameters: {{intra_op_threads: 1}}\n{config}")
 
 
 def failing_model(repo: Path) -> None:

@@ -4,8 +4,9 @@ Handlers take the raw ``Request`` and return ``Response`` objects built by the c
 no pydantic validation or serialisation runs per request; the schemas only document.
 """
 
+import asyncio
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from gateway import __version__
 from gateway.dataplane import DataPlane
 from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
 from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
+from gateway.protocol.types import InferResponse
 from gateway.repository.manager import State
 from gateway.rest import schemas
 
@@ -87,7 +89,7 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
         body = await _read_body(request, max_request_bytes)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         infer_request = decode_request(header, binary, model_name, model_version)
-        response = await plane.infer(infer_request, "rest")
+        response = await _unless_disconnected(request, plane.infer(infer_request, "rest"))
         names = [o.name for o in response.outputs]
         payload, json_length = encode_response(response, binary_output_names(infer_request, names))
         if json_length is None:
@@ -154,6 +156,25 @@ _INFER_BODY = {
         },
     },
 }
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, InferResponse]) -> InferResponse:
+    """Run ``work``, cancelling it if the client hangs up first (a queued request then leaves the queue)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return await task
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body has been read, so only a disconnect arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
