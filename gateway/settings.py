@@ -18,10 +18,22 @@ class Settings:
     log_level: str = "info"
     #: Largest accepted request, REST body or gRPC message (a 64 MiB tensor plus its envelope fits).
     max_request_bytes: int = 128 * MIB
+    #: On SIGTERM, how long to keep serving what is queued and in flight before stopping anyway.
+    drain_timeout: float = 30.0
 
 
 def _env(name: str, default: object) -> str:
     return os.environ.get(f"TENSORGATE_{name.upper()}", str(default))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +55,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(_env("max_request_bytes", d.max_request_bytes)),
                         help="largest REST body or gRPC message accepted, in bytes "
                              "(env TENSORGATE_MAX_REQUEST_BYTES; default 128 MiB)")
+    parser.add_argument("--drain-timeout", type=_seconds, default=_env("drain_timeout", d.drain_timeout),
+                        help="on SIGTERM, seconds to finish the requests queued and in flight while new ones "
+                             "get 503 / UNAVAILABLE (env TENSORGATE_DRAIN_TIMEOUT; default 30)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
+        drain_timeout=args.drain_timeout,
     )
