@@ -1,66 +1,158 @@
-"""Prometheus metrics of the gateway, served on their own port.
+"""Prometheus metrics of the gateway, served on their own port (``--metrics-port``).
 
-Request metrics are updated once per request; model and worker state are read from the
-model manager only when Prometheus scrapes, so they cost nothing on the hot path.
+Nothing here runs per request: the data plane and the schedulers keep plain counters and
+lock-free histograms (gateway/histogram.py, gateway/scheduling/stats.py), and this module
+turns them into Prometheus families only when Prometheus scrapes. Base units, labels
+``model`` and ``version`` (plus ``protocol``, ``outcome``, ``phase``, ``framework``,
+``process`` where they fit).
 """
 
+import os
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from gateway.histogram import Histogram
 
 if TYPE_CHECKING:
     from gateway.repository.manager import ModelManager
 
-#: From 100 µs to 60 s, roughly x2.5 apart.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(slots=True)
+class _RequestSeries:
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latency: Histogram = field(default_factory=Histogram)
 
 
 class Metrics:
-    """The gateway's metric families, in a registry of their own (tests can run several servers)."""
+    """Request outcomes and latency per model, version and protocol, plus the collector for the rest."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "tensorgate_requests", "Inference requests by outcome.",
-            ["model", "version", "protocol", "outcome"], registry=self.registry,
-        )
-        self.request_duration = Histogram(
-            "tensorgate_request_duration_seconds", "Inference request latency inside the server.",
-            ["model", "version", "protocol"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
+        self._requests: dict[tuple[str, str, str], _RequestSeries] = {}
 
     def observe_request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(model, version, protocol, outcome).inc()
+        key = (model, version, protocol)
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests[key] = _RequestSeries()
+        series.outcomes[outcome] += 1
         if outcome == "success":
-            self.request_duration.labels(model, version, protocol).observe(seconds)
+            series.latency.observe(seconds)
 
     def watch(self, models: "ModelManager") -> None:
-        """Report model state and worker restarts from ``models`` at scrape time."""
-        self.registry.register(_ModelStateCollector(models))
+        """Export the request series and everything ``models`` knows, at scrape time."""
+        self.registry.register(_Collector(self, models))
+
+    def request_series(self) -> dict[tuple[str, str, str], _RequestSeries]:
+        return self._requests
 
 
-class _ModelStateCollector(Collector):
-    def __init__(self, models: "ModelManager") -> None:
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics, models: "ModelManager") -> None:
+        self._metrics = metrics
         self._models = models
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
+        yield from self._requests()
+        yield from self._model_versions()
+        yield from self._workers()
+
+    def _requests(self) -> Iterable[Metric]:
+        total = CounterMetricFamily("tensorgate_requests", "Inference requests by outcome.",
+                                    labels=["model", "version", "protocol", "outcome"])
+        latency = HistogramMetricFamily("tensorgate_request_duration_seconds",
+                                        "Latency of successful inference requests inside the server.",
+                                        labels=["model", "version", "protocol"])
+        for (model, version, protocol), series in sorted(self._metrics.request_series().items()):
+            for outcome, count in sorted(series.outcomes.items()):
+                total.add_metric([model, version, protocol, outcome], count)
+            latency.add_metric([model, version, protocol], series.latency.cumulative(), series.latency.sum)
+        yield total
+        yield latency
+
+    def _model_versions(self) -> Iterable[Metric]:
         ready = GaugeMetricFamily("tensorgate_model_ready", "1 if the model version is ready, else 0.",
                                   labels=["model", "version"])
         depth = GaugeMetricFamily("tensorgate_queue_depth", "Requests waiting in the model version's queue.",
                                   labels=["model", "version"])
+        inflight = GaugeMetricFamily("tensorgate_inflight_requests",
+                                     "Requests accepted by the scheduler and not yet answered (queued or running).",
+                                     labels=["model", "version"])
+        queue = HistogramMetricFamily("tensorgate_queue_duration_seconds", "Time requests waited in the queue.",
+                                      labels=["model", "version"])
+        compute = HistogramMetricFamily(
+            "tensorgate_compute_duration_seconds",
+            "Time per executed batch: input (assembly and transfer), infer (the model), output (return and split).",
+            labels=["model", "version", "phase"])
+        batch = HistogramMetricFamily("tensorgate_batch_size", "Rows per executed batch.", labels=["model", "version"])
+        executions = CounterMetricFamily("tensorgate_executions", "Batches executed.", labels=["model", "version"])
+        inferences = CounterMetricFamily("tensorgate_inferences", "Rows inferred (a batch of N counts N).",
+                                         labels=["model", "version"])
+        loads = CounterMetricFamily("tensorgate_model_loads", "Model version loads by outcome.",
+                                    labels=["model", "version", "outcome"])
+        load_time = HistogramMetricFamily("tensorgate_model_load_duration_seconds", "Time to load a model version.",
+                                          labels=["model", "version"])
         for mv in self._models.all_versions():
             labels = [mv.name, "" if mv.version is None else str(mv.version)]
             ready.add_metric(labels, 1.0 if mv.state.value == "READY" else 0.0)
-            if mv.scheduler is not None:
-                depth.add_metric(labels, mv.scheduler.queued_requests)
-        restarts = CounterMetricFamily("tensorgate_worker_restarts", "Runtime worker restarts.",
-                                       labels=["framework"])
+            for outcome, count in (("success", mv.loads_succeeded), ("failure", mv.loads_failed)):
+                loads.add_metric([*labels, outcome], count)
+            load_time.add_metric(labels, mv.load_time.cumulative(), mv.load_time.sum)
+            if mv.scheduler is None:
+                continue
+            stats = mv.scheduler.stats
+            depth.add_metric(labels, mv.scheduler.queued_requests)
+            inflight.add_metric(labels, mv.scheduler.inflight_requests)
+            queue.add_metric(labels, stats.queue_seconds.cumulative(), stats.queue_seconds.sum)
+            for phase, histogram in stats.phase_seconds.items():
+                compute.add_metric([*labels, phase], histogram.cumulative(), histogram.sum)
+            batch.add_metric(labels, stats.batch_rows.cumulative(), stats.batch_rows.sum)
+            executions.add_metric(labels, stats.execution_count)
+            inferences.add_metric(labels, stats.inference_count)
+        yield from (ready, depth, inflight, queue, compute, batch, executions, inferences, loads, load_time)
+
+    def _workers(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("tensorgate_worker_up", "1 while the framework's runtime worker is running.",
+                               labels=["framework"])
+        restarts = CounterMetricFamily("tensorgate_worker_restarts", "Runtime worker restarts.", labels=["framework"])
+        memory = GaugeMetricFamily("tensorgate_process_resident_memory_bytes",
+                                   "Resident memory of the gateway and of each runtime worker.", labels=["process"])
+        cpu = CounterMetricFamily("tensorgate_process_cpu_seconds",
+                                  "CPU time of the gateway and of each runtime worker.", labels=["process"])
+        processes: dict[str, int | None] = {"gateway": os.getpid()}
+        for framework, pid in self._models.worker_pids().items():
+            up.add_metric([framework], 1.0 if self._models.worker_alive(framework) else 0.0)
+            processes[framework] = pid
         for framework, count in self._models.restarts.items():
             restarts.add_metric([framework], count)
-        yield ready
-        yield depth
-        yield restarts
+        for name, pid in processes.items():
+            usage = _process_usage(pid)
+            if usage is not None:
+                memory.add_metric([name], usage[0])
+                cpu.add_metric([name], usage[1])
+        yield from (up, restarts, memory, cpu)
+
+
+def _process_usage(pid: int | None) -> tuple[float, float] | None:
+    """(resident bytes, CPU seconds) of a process from /proc, or None if it is gone."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    cpu_seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+    return resident_pages * _PAGE_SIZE, cpu_seconds

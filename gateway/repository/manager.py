@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.histogram import Histogram
 from gateway.logs import log_event
 from gateway.protocol.errors import NotFound, Unavailable
 from gateway.repository.config import ModelConfig
@@ -45,6 +46,9 @@ class ModelVersion:
     load_seconds: float | None = None
     versions: tuple[str, ...] = field(default=())
     scheduler: Scheduler | None = None
+    loads_succeeded: int = 0
+    loads_failed: int = 0
+    load_time: Histogram = field(default_factory=Histogram)
 
     @property
     def key(self) -> str:
@@ -132,6 +136,10 @@ class ModelManager:
     def worker_pids(self) -> dict[str, int | None]:
         return {framework: w.pid for framework, w in self._workers.items()}
 
+    def worker_alive(self, framework: str) -> bool:
+        worker = self._workers.get(framework)
+        return worker is not None and worker.alive
+
     async def _worker(self, framework: str) -> WorkerProcess:
         """The framework's worker, started on first use (concurrent callers share one start)."""
         start = self._starts.get(framework)
@@ -171,6 +179,11 @@ class ModelManager:
             if mv.scheduler is None:
                 mv.scheduler = self._scheduler(mv)
         mv.load_seconds = time.perf_counter() - started
+        mv.load_time.observe(mv.load_seconds)
+        if mv.state is State.READY:
+            mv.loads_succeeded += 1
+        else:
+            mv.loads_failed += 1
         if mv.state is State.READY:
             log_event(log, "model_loaded", model=mv.name, version=mv.version, platform=config.platform,
                       seconds=mv.load_seconds)

@@ -66,6 +66,7 @@ class Scheduler:
         self._window = BatchWindow(max_batch_size, config.max_queue_delay_ms / 1000, config.preferred_batch_sizes)
         self._idle = instances
         self.queued_requests = 0
+        self.inflight_requests = 0
         self._queued_rows = 0
         self._running_rows = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -90,12 +91,15 @@ class Scheduler:
         if timeout > 0:
             pending.timer = loop.call_later(timeout, self._expire, pending)
         self._dispatch()
+        self.inflight_requests += 1
         try:
             return await pending.future
         except asyncio.CancelledError:
             if pending.state == _QUEUED:
                 self._leave(pending)
             raise
+        finally:
+            self.inflight_requests -= 1
 
     @property
     def busy(self) -> bool:
@@ -183,7 +187,7 @@ class Scheduler:
     async def _run(self, batch: list[_Pending], rows: int) -> None:
         dispatched_ns = time.monotonic_ns()
         for pending in batch:
-            self.stats.queue.add(dispatched_ns - pending.enqueued_ns)
+            self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
         try:
             names = _union(batch)
             inputs = batch[0].inputs if len(batch) == 1 else {

@@ -10,6 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.histogram import BATCH_BUCKETS, Histogram
+
 
 @dataclass(slots=True)
 class Duration:
@@ -47,9 +49,22 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=lambda: defaultdict(BatchStats))
+    # Distributions for Prometheus (seconds; rows), read at scrape time.
+    queue_seconds: Histogram = field(default_factory=Histogram)
+    phase_seconds: dict[str, Histogram] = field(
+        default_factory=lambda: {phase: Histogram() for phase in ("input", "infer", "output")})
+    batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+
+    def record_queue(self, ns: int) -> None:
+        self.queue.add(ns)
+        self.queue_seconds.observe(ns / 1e9)
 
     def record_batch(self, size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One executed batch of ``size`` rows made of ``requests`` requests."""
+        self.batch_rows.observe(size)
+        self.phase_seconds["input"].observe(input_ns / 1e9)
+        self.phase_seconds["infer"].observe(infer_ns / 1e9)
+        self.phase_seconds["output"].observe(output_ns / 1e9)
         self.execution_count += 1
         self.inference_count += size
         self.last_inference_ms = time.time_ns() // 1_000_000
