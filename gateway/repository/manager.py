@@ -163,6 +163,8 @@ class ModelManager:
             instances=config.instances.count, parameters=dict(config.parameters),
             inputs=[(t.name, t.datatype) for t in config.inputs] if config.inputs else None,
             outputs=[(t.name, t.datatype) for t in config.outputs] if config.outputs else None,
+            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_sizes)
+            if config.dynamic_batching else (),
         )
         mv.state, mv.reason = State.LOADING, ""
         started = time.perf_counter()

@@ -159,16 +159,24 @@ _INFER_BODY = {
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, InferResponse]) -> InferResponse:
-    """Run ``work``, cancelling it if the client hangs up first (a queued request then leaves the queue)."""
-    task = asyncio.ensure_future(work)
+    """Run ``work``, cancelled if the client hangs up first (a queued request then leaves the queue).
+
+    One watcher task cancels this handler's own task; no second task wraps the work.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
     watcher = asyncio.ensure_future(_disconnected(request))
+
+    def hung_up(_: asyncio.Future[None]) -> None:
+        if not watcher.cancelled():
+            handler.cancel()
+
+    watcher.add_done_callback(hung_up)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     finally:
+        watcher.remove_done_callback(hung_up)
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-    return await task
 
 
 async def _disconnected(request: Request) -> None:

@@ -12,7 +12,6 @@ This module is imported by the gateway and by the worker process, and by nothing
 knows a framework or a transport.
 """
 
-import asyncio
 import pickle
 import socket
 import struct
@@ -40,6 +39,8 @@ class LoadModel:
     parameters: dict[str, Any] = field(default_factory=dict)
     inputs: list[tuple[str, str]] | None = None
     outputs: list[tuple[str, str]] | None = None
+    #: dynamic_batching.preferred_batch_sizes: runtimes that compile per shape (JAX) pad batches to these.
+    preferred_batch_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +99,39 @@ def _decode(payload: bytes, buffers: list[bytes] | list[bytearray]) -> Envelope:
     return message
 
 
-async def read_message(reader: asyncio.StreamReader) -> Envelope:
-    """Read one frame (raises asyncio.IncompleteReadError at end of stream)."""
-    payload_len, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
-    lengths = struct.unpack(f"<{count}Q", await reader.readexactly(8 * count)) if count else ()
-    payload = await reader.readexactly(payload_len)
-    buffers = [await reader.readexactly(n) if n else b"" for n in lengths]
-    return _decode(payload, buffers)
+class FrameDecoder:
+    """The gateway's end: feed bytes as they arrive, take whole messages out.
+
+    Push-based, so an asyncio Protocol decodes every complete frame in one ``data_received``
+    call instead of suspending once per field.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Envelope]:
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        while len(buffer) >= _PREFIX.size:
+            payload_len, count = _PREFIX.unpack_from(buffer)
+            head = _PREFIX.size + 8 * count
+            if len(buffer) < head:
+                break
+            lengths = struct.unpack_from(f"<{count}Q", buffer, _PREFIX.size)
+            end = head + payload_len + sum(lengths)
+            if len(buffer) < end:
+                break
+            with memoryview(buffer) as view:
+                payload = bytes(view[head : head + payload_len])
+                position = head + payload_len
+                buffers = []
+                for n in lengths:
+                    buffers.append(bytes(view[position : position + n]))
+                    position += n
+            del buffer[:end]
+            messages.append(_decode(payload, buffers))
+        return messages
 
 
 class SocketChannel:

@@ -1,13 +1,13 @@
 """One runtime worker process seen from the gateway: spawn it, call it, notice when it dies.
 
 Calls are multiplexed over one socket pair by call id, so any number of batches can be in
-flight at once. When the process dies, every call still in flight fails at once with
-``Unavailable`` naming its model; the owner is told through ``on_exit`` and decides
-whether to start a new one.
+flight at once. Replies are decoded in the socket protocol's ``data_received`` and resolve
+their futures directly. When the process dies, every call still in flight fails at once with
+``Unavailable`` naming its model; the owner is told through ``on_exit`` and decides whether
+to start a new one.
 """
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import socket
@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.logs import log_event
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, Unavailable
-from gateway.workers.ipc import Envelope, Failure, encode, read_message
+from gateway.workers.ipc import Envelope, Failure, FrameDecoder, encode
 
 log = logging.getLogger("tensorgate.workers")
 
@@ -32,6 +32,34 @@ class WorkerCallFailed(Exception):
         self.failure = failure
 
 
+class _Channel(asyncio.Protocol):
+    """The gateway's end of the socket: decodes replies, tracks write flow control."""
+
+    def __init__(self, on_message: Callable[[Envelope], None], on_lost: Callable[[], None]) -> None:
+        self._decoder = FrameDecoder()
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
+
+
 class WorkerProcess:
     """A started worker process of one framework."""
 
@@ -41,9 +69,10 @@ class WorkerProcess:
         self._ids = itertools.count()
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._process: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._channel: _Channel | None = None
         self._closing = False
+        self._reaper: asyncio.Task[None] | None = None
         self.alive = False
 
     @property
@@ -60,62 +89,60 @@ class WorkerProcess:
                 sys.executable, "-m", "runtimes.worker", self.framework, str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
             )
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        loop = asyncio.get_running_loop()
+        transport, self._channel = await loop.create_unix_connection(
+            lambda: _Channel(self._resolve, self._lost_connection), sock=ours)
+        self._transport = transport
         self.alive = True
-        self._reader_task = asyncio.create_task(self._read_replies(reader))
         log_event(log, "worker_started", framework=self.framework, pid=self._process.pid)
 
     async def call(self, body: Any, model: str) -> Any:
         """Send one call and wait for its reply; ``model`` names the model in errors."""
-        if not self.alive or self._writer is None:
+        if not self.alive or self._transport is None or self._channel is None:
             raise Unavailable(f"model '{model}': the {self.framework} runtime worker is restarting")
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = (future, model)
         try:
-            self._writer.writelines(encode(Envelope(call_id, body)))
-            await self._writer.drain()
+            self._transport.writelines(encode(Envelope(call_id, body)))
+            await self._channel.writable()
             return await future
-        except (ConnectionError, RuntimeError):
-            raise self._lost(model) from None
         finally:
             self._pending.pop(call_id, None)
 
     async def stop(self) -> None:
         """Close the socket (the worker exits on end of stream) and reap the process."""
         self._closing = True
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
         if self._process is not None:
             try:
                 await asyncio.wait_for(self._process.wait(), timeout=10)
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+        if self._reaper is not None:
+            await self._reaper
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                reply = await read_message(reader)
-                entry = self._pending.get(reply.call_id)
-                if entry is None or entry[0].done():
-                    continue
-                future, _ = entry
-                if isinstance(reply.body, Failure):
-                    future.set_exception(WorkerCallFailed(reply.body))
-                else:
-                    future.set_result(reply.body)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+    def _resolve(self, reply: Envelope) -> None:
+        entry = self._pending.get(reply.call_id)
+        if entry is None or entry[0].done():
+            return
+        future = entry[0]
+        if isinstance(reply.body, Failure):
+            future.set_exception(WorkerCallFailed(reply.body))
+        else:
+            future.set_result(reply.body)
+
+    def _lost_connection(self) -> None:
         self.alive = False
-        returncode = await self._process.wait() if self._process else None
         for future, model in list(self._pending.values()):
             if not future.done():
                 future.set_exception(self._lost(model))
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        returncode = await self._process.wait() if self._process else None
         if not self._closing:
             log_event(log, "worker_exited", level=logging.ERROR, framework=self.framework,
                       pid=self.pid, returncode=returncode)

@@ -1,6 +1,5 @@
 """The worker socket framing (gateway/workers/ipc.py) over real socket pairs."""
 
-import asyncio
 import pickle
 import socket
 import struct
@@ -16,11 +15,11 @@ from gateway.workers.ipc import (
     Envelope,
     Execute,
     Failure,
+    FrameDecoder,
     LoadModel,
     SocketChannel,
     UnloadModel,
     encode,
-    read_message,
 )
 
 
@@ -47,19 +46,15 @@ def _round_trip(pair: tuple[socket.socket, socket.socket], message: Envelope) ->
     return received
 
 
-def _async_round_trip(pair: tuple[socket.socket, socket.socket], message: Envelope) -> Envelope:
-    async def main() -> Envelope:
-        reader, writer = await asyncio.open_unix_connection(sock=pair[1])
-        try:
-            sender = _send_in_background(pair[0], message)
-            received = await read_message(reader)
-            await asyncio.to_thread(sender.join)
-            return received
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
-    return asyncio.run(main())
+def _decoded(message: Envelope, chunk: int = 7) -> Envelope:
+    """Encode, then feed the decoder a few bytes at a time, as a socket may deliver them."""
+    data = b"".join(bytes(part) for part in encode(message))
+    decoder = FrameDecoder()
+    out: list[Envelope] = []
+    for start in range(0, len(data), chunk):
+        out.extend(decoder.feed(data[start : start + chunk]))
+    [received] = out
+    return received
 
 
 def _assert_arrays_equal(got: np.ndarray, want: np.ndarray) -> None:
@@ -204,36 +199,33 @@ def test_encode_of_object_arrays_stays_in_band() -> None:
     assert len(header) == 8
 
 
-# --- read_message (the gateway's asyncio end) -------------------------------------------------------------------
+# --- FrameDecoder (the gateway's end) ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", list(MESSAGES))
-def test_read_message_round_trip_of_each_message(pair: tuple[socket.socket, socket.socket], kind: str) -> None:
-    received = _async_round_trip(pair, Envelope(call_id=7, body=MESSAGES[kind]))
+def test_decoder_round_trip_of_each_message(kind: str) -> None:
+    received = _decoded(Envelope(call_id=7, body=MESSAGES[kind]))
     assert received.call_id == 7
     _assert_bodies_equal(received.body, MESSAGES[kind])
 
 
 @pytest.mark.parametrize("kind", list(ARRAYS))
-def test_read_message_round_trip_of_arrays(pair: tuple[socket.socket, socket.socket], kind: str) -> None:
-    _assert_arrays_equal(_async_round_trip(pair, Envelope(1, ARRAYS[kind])).body, ARRAYS[kind])
+def test_decoder_round_trip_of_arrays(kind: str) -> None:
+    _assert_arrays_equal(_decoded(Envelope(1, ARRAYS[kind])).body, ARRAYS[kind])
 
 
-def test_read_message_round_trip_of_a_10_mb_array(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_decoder_round_trip_of_a_10_mb_array() -> None:
     array = np.arange(10 * 1024 * 1024 // 4, dtype=np.int32)
-    received = _async_round_trip(pair, Envelope(1, {"y": array}))
+    received = _decoded(Envelope(1, {"y": array}), chunk=1 << 16)
     _assert_arrays_equal(received.body["y"], array)
 
 
-def test_read_message_raises_incomplete_read_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
-    async def main() -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=pair[1])
-        try:
-            pair[0].close()
-            with pytest.raises(asyncio.IncompleteReadError):
-                await read_message(reader)
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
-    asyncio.run(main())
+def test_decoder_returns_every_whole_frame_of_one_read_and_keeps_the_rest() -> None:
+    frames = [b"".join(bytes(p) for p in encode(Envelope(i, {"y": np.full(3, i)}))) for i in range(3)]
+    data = b"".join(frames)
+    decoder = FrameDecoder()
+    first = decoder.feed(data[: len(frames[0]) + len(frames[1]) + 5])
+    assert [m.call_id for m in first] == [0, 1]
+    assert decoder.feed(b"") == []
+    [last] = decoder.feed(data[len(frames[0]) + len(frames[1]) + 5 :])
+    assert last.call_id == 2 and last.body["y"].tolist() == [2, 2, 2]
