@@ -24,7 +24,10 @@ from gateway.workers.process import WorkerCallFailed, WorkerProcess, client_erro
 
 log = logging.getLogger("tensorgate.repository")
 
+#: Waits before restarting a worker that keeps dying (the first restart is immediate).
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: A worker that stayed up this long is healthy again: its next death restarts it at once.
+_STABLE_AFTER_S = 60.0
 
 
 class State(enum.StrEnum):
@@ -73,6 +76,7 @@ class ModelManager:
         self._workers: dict[str, WorkerProcess] = {}
         self._starts: dict[str, asyncio.Task[WorkerProcess]] = {}
         self._restarts: dict[str, int] = {}
+        self._crash_streak: dict[str, tuple[int, float]] = {}
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -214,12 +218,16 @@ class ModelManager:
                     if mv.version is not None and mv.config.framework == framework]
         for mv in affected:
             mv.state, mv.reason = State.LOADING, f"the {framework} runtime worker is restarting"
-        attempt = self._restarts.get(framework, 0)
-        self._restarts[framework] = attempt + 1
-        await asyncio.sleep(_RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)] if attempt else 0)
+        self._restarts[framework] = self._restarts.get(framework, 0) + 1
+        streak, last = self._crash_streak.get(framework, (0, 0.0))
+        now = time.monotonic()
+        streak = 0 if now - last > _STABLE_AFTER_S else streak
+        self._crash_streak[framework] = (streak + 1, now)
+        if streak:
+            await asyncio.sleep(_RESTART_BACKOFF_S[min(streak - 1, len(_RESTART_BACKOFF_S) - 1)])
         self._workers.pop(framework, None)
         self._starts.pop(framework, None)
-        log_event(log, "worker_restarting", framework=framework, restarts=attempt + 1)
+        log_event(log, "worker_restarting", framework=framework, restarts=self._restarts[framework])
         await asyncio.gather(*(self._load(mv) for mv in affected))
 
     @property
