@@ -30,6 +30,8 @@ class DataPlane:
         self.models = models
         self.metrics = metrics
         self.draining = False
+        #: Inference calls in progress (the drain on shutdown waits for it to reach 0).
+        self.in_flight = 0
 
     def live(self) -> bool:
         return True
@@ -76,6 +78,7 @@ class DataPlane:
         """Validate, queue, batch and run one request, recording its outcome and latency."""
         started = time.perf_counter_ns()
         model, version, stats = "", "", None
+        self.in_flight += 1
         try:
             if self.draining:
                 raise Unavailable("the server is shutting down; send the request to another replica")
@@ -93,6 +96,8 @@ class DataPlane:
                 stats.fail.add(elapsed)
             self.metrics.observe_request(model, version, protocol, _outcome(exc), elapsed / 1e9)
             raise
+        finally:
+            self.in_flight -= 1
         elapsed = time.perf_counter_ns() - started
         stats.success.add(elapsed)
         self.metrics.observe_request(model, version, protocol, "success", elapsed / 1e9)

@@ -36,11 +36,14 @@ class _RequestSeries:
 class Metrics:
     """Request outcomes and latency per model, version and protocol, plus the collector for the rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.registry = CollectorRegistry()
         self._requests: dict[tuple[str, str, str], _RequestSeries] = {}
 
     def observe_request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
+        if not self.enabled:
+            return
         key = (model, version, protocol)
         series = self._requests.get(key)
         if series is None:

@@ -27,7 +27,6 @@ from gateway.dataplane import DataPlane
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import log_event
 from gateway.metrics import Metrics
-from gateway.protocol.types import InferRequest, InferResponse
 from gateway.repository.manager import ModelManager
 from gateway.rest.app import create_app
 from gateway.settings import Settings
@@ -55,28 +54,13 @@ def _uvicorn(app: Any, settings: Settings, port: int) -> _UvicornServer:
     return _UvicornServer(config)
 
 
-class _DrainablePlane(DataPlane):
-    """The DataPlane, counting the inference calls in progress so shutdown knows when it has drained."""
-
-    def __init__(self, models: ModelManager, metrics: Metrics) -> None:
-        super().__init__(models, metrics)
-        self.in_flight = 0
-
-    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
-        self.in_flight += 1
-        try:
-            return await super().infer(request, protocol)
-        finally:
-            self.in_flight -= 1
-
-
 async def serve(settings: Settings) -> None:
     """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop."""
     started = time.perf_counter()
-    metrics = Metrics()
+    metrics = Metrics(enabled=settings.metrics_port != 0)
     models = ModelManager(settings.model_repo)
     metrics.watch(models)
-    plane = _DrainablePlane(models, metrics)
+    plane = DataPlane(models, metrics)
 
     stop = asyncio.Event()
     force = asyncio.Event()
@@ -94,10 +78,12 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
     rest = _uvicorn(create_app(plane, settings.max_request_bytes), settings, settings.http_port)
-    metrics_server = _uvicorn(make_asgi_app(registry=metrics.registry), settings, settings.metrics_port)
+    http_servers = [rest]
+    if metrics.enabled:
+        http_servers.append(_uvicorn(make_asgi_app(registry=metrics.registry), settings, settings.metrics_port))
     grpc_server = create_grpc_server(plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes)
     await grpc_server.start()
-    servers = [asyncio.create_task(rest.serve()), asyncio.create_task(metrics_server.serve())]
+    servers = [asyncio.create_task(server.serve()) for server in http_servers]
     log_event(log, "listening", host=settings.host, http_port=settings.http_port,
               grpc_port=settings.grpc_port, metrics_port=settings.metrics_port)
 
@@ -133,13 +119,14 @@ async def serve(settings: Settings) -> None:
     await models.close()
     rest.config.timeout_graceful_shutdown = _FINAL_GRACE_S
     rest.should_exit = True
-    metrics_server.should_exit = True
+    for server in http_servers[1:]:
+        server.should_exit = True
     await grpc_server.stop(grace=_FINAL_GRACE_S)
     await asyncio.gather(*servers, return_exceptions=True)
     log_event(log, "stopped", seconds=time.monotonic() - drain_started)
 
 
-async def _drain(plane: _DrainablePlane, rest: _UvicornServer, deadline: float, force: asyncio.Event) -> None:
+async def _drain(plane: DataPlane, rest: _UvicornServer, deadline: float, force: asyncio.Event) -> None:
     """Wait until no inference call nor HTTP request is in progress, the deadline, or ``force``."""
     while plane.in_flight or rest.server_state.tasks:
         if force.is_set():

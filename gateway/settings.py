@@ -47,7 +47,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=int(_env("grpc_port", d.grpc_port)),
                         help="gRPC port (env TENSORGATE_GRPC_PORT; default 8001)")
     parser.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)),
-                        help="Prometheus metrics port (env TENSORGATE_METRICS_PORT; default 8002)")
+                        help="Prometheus metrics port, 0 to turn metrics off "
+                             "(env TENSORGATE_METRICS_PORT; default 8002)")
     parser.add_argument("--log-level", default=_env("log_level", d.log_level),
                         choices=["debug", "info", "warning", "error"],
                         help="log level (env TENSORGATE_LOG_LEVEL; default info)")
