@@ -15,6 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository over REST and gRPC")
     add_serve_arguments(serve_parser)
+    bench_parser = commands.add_parser("bench", help="benchmark a server against the model's offline limit",
+                                       description="Closed-loop benchmark: see benchmarks/cli.py and the README.")
+    try:
+        from benchmarks.cli import add_arguments as add_bench_arguments
+    except ImportError:  # an install without the benchmarks package: serve must still work
+        bench_parser.set_defaults(bench_missing=True)
+    else:
+        add_bench_arguments(bench_parser)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -28,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.model_repo.is_dir():
             parser.error(f"--model-repo {settings.model_repo}: no such directory")
         uvloop.run(serve(settings))
+    elif args.command == "bench":
+        if getattr(args, "bench_missing", False):
+            parser.error("bench: the benchmarks package is not installed (pip install -e '.[bench]')")
+        from benchmarks.cli import main as bench
+
+        return bench(args, sys.argv[1:] if argv is None else argv)
     return 0
 
 

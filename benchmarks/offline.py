@@ -1,0 +1,97 @@
+"""The model's own limit: the framework called directly in one process, no server.
+
+``python -m benchmarks.offline`` loads the model file the server serves, with the same
+framework threads as the server's worker (ONNX Runtime: same session options as
+``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
+``runtimes/torchscript.py``), and times one call per batch size: the median of repeated
+calls after a warm-up. Prints ``TGBENCH {json}``: {"framework", "threads", "batches":
+{size: {"median_ms", "mean_ms", "runs"}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+RESULT_PREFIX = "TGBENCH "
+Runner = Callable[[np.ndarray], object]
+
+
+def onnx_runner(path: Path, threads: int) -> tuple[str, Runner]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    return f"onnxruntime {ort.__version__}", lambda x: session.run(outputs, {name: x})
+
+
+def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    module.eval()
+
+    def run(x: np.ndarray) -> object:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    return f"torch {torch.__version__}", run
+
+
+RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner}
+
+
+def measure(run: Runner, x: np.ndarray, min_time: float, min_runs: int = 5, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        run(x)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < min_time:
+        t0 = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - t0)
+    return {"median_ms": statistics.median(times) * 1e3, "mean_ms": statistics.fmean(times) * 1e3,
+            "runs": float(len(times))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.offline", description=__doc__.splitlines()[0])
+    parser.add_argument("--format", choices=sorted(RUNNERS), required=True)
+    parser.add_argument("--model-file", type=Path, required=True)
+    parser.add_argument("--input-size", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--batch-sizes", required=True, help="comma-separated")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
+    args = parser.parse_args(argv)
+    framework, run = RUNNERS[args.format](args.model_file, args.threads)
+    rng = np.random.default_rng(1)
+    batches = {}
+    for size in sorted({int(s) for s in args.batch_sizes.split(",") if s}):
+        x = rng.random((size, args.input_size), dtype=np.float32)
+        batches[str(size)] = measure(run, x, args.min_time)
+    sys.stdout.write(RESULT_PREFIX + json.dumps({"framework": framework, "threads": args.threads,
+                                                 "batches": batches}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The benchmark harness works: models compute what they should, a CI-sized run over every
+protocol writes a complete report (markdown, JSON, PNG), and the Python fallback client and an
+external server (``--url``) work. Nothing here checks a timing: benchmarks measure, tests don't.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from benchmarks import wrk
+from benchmarks.models import MODELS, build_onnx, reference, sample_input
+from benchmarks.profile import summarize
+from benchmarks.report import Offline, Point, compare
+from benchmarks.repository import ServingOptions, prepare_run_repo
+from benchmarks.runner import RunConfig, run
+from benchmarks.server import BenchServer
+from benchmarks.stats import StatsSnapshot
+from gateway.cli import main as tensorgate
+
+pytestmark = pytest.mark.slow
+
+TINY = MODELS["mlp_tiny"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def test_onnx_models_compute_the_reference(tmp_path: Path) -> None:
+    for spec in (TINY, MODELS["identity"]):
+        path = tmp_path / spec.name / "model.onnx"
+        build_onnx(spec, path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = sample_input(spec, 3)
+        [y] = session.run([spec.output_name], {spec.input_name: x})
+        np.testing.assert_allclose(y, reference(spec, x), rtol=1e-4, atol=1e-5)
+
+
+def test_torchscript_matches_onnx(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from benchmarks.models import build_torchscript
+
+    build_torchscript(TINY, tmp_path / "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.load
+        module = torch.jit.load(str(tmp_path / "model.pt"))
+    x = sample_input(TINY, 3)
+    with torch.inference_mode():
+        y = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, reference(TINY, x), rtol=1e-4, atol=1e-5)
+
+
+def test_full_run_through_the_cli(tmp_path: Path, cache: Path) -> None:
+    """``tensorgate bench`` starts a server, drives all three protocols at two concurrencies,
+    measures the offline limit and writes every field, the histogram, the table and the PNG."""
+    out = tmp_path / "results"
+    code = tensorgate(["bench", "--model", "mlp_tiny", "--protocol", "rest-json,rest-binary,grpc",
+                       "--concurrency", "1,2", "--requests", "40", "--warmup", "0", "--offline-time", "0.05",
+                       "--output-dir", str(out), "--name", "ci", "--model-cache", str(cache)])
+    assert code == 0
+    document = json.loads((out / "ci.json").read_text())
+    points = document["points"]
+    assert [(p["protocol"], p["concurrency"]) for p in points] == [
+        (proto, c) for proto in ("rest-json", "rest-binary", "grpc") for c in (1, 2)]
+    for p in points:
+        assert p["errors"] == 0, p["error_samples"]
+        assert p["requests"] >= 40
+        assert p["requests_per_s"] > 0 and p["inferences_per_s"] == pytest.approx(p["requests_per_s"])
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"] <= p["max_ms"]
+        histogram = {int(size): n for size, n in p["batch_histogram"].items()}
+        assert sum(histogram.values()) == p["executions"] > 0
+        assert max(histogram) <= p["concurrency"]
+        assert p["mean_batch"] == pytest.approx(sum(s * n for s, n in histogram.items()) / p["executions"])
+        # /proc counts in clock ticks, so a CI-sized run may read 0 s; only presence is checked.
+        assert min(p["loadgen_cpu_s"], p["gateway_cpu_s"], p["workers_cpu_s"]) >= 0
+        comparison = p["comparison"]
+        assert comparison["reference_batch"] == p["concurrency"]
+        assert comparison["offline_rows_s_at_reference"] > 0 and comparison["offline_rows_s_at_server_batches"] > 0
+        expected_generator = "wrk" if p["protocol"] != "grpc" and wrk.available() else None
+        if expected_generator:
+            assert p["generator"] == "wrk"
+    offline = document["offline"]["mlp_tiny"]
+    assert offline["threads"] == 1 and {"1", "2"} <= set(offline["batch_ms"])
+    assert set(document["machine"]) >= {"cpus", "cpu_model", "memory_gib"}
+    assert {"python", "numpy", "onnxruntime", "grpcio"} <= set(document["versions"])
+    text = (out / "ci.md").read_text()
+    assert "tensorgate bench --model mlp_tiny" in text
+    for heading in ("## Served", "## Against the model's offline limit", "## Offline", "## Executed batch sizes",
+                    "![throughput vs p99](ci.png)"):
+        assert heading in text
+    assert text.count("| mlp_tiny | rest-binary |") == 2 * 2  # the served and the comparison tables
+    assert (out / "ci.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def running_server(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Iterator[BenchServer]:
+    root = tmp_path_factory.mktemp("bench-server")
+    repo = prepare_run_repo(root / "repo", [(TINY, "onnx")], ServingOptions(max_queue_delay_ms=2), cache)
+    server = BenchServer(repo, root / "server.log")
+    server.start()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_python_fallback_against_a_running_server(running_server: BenchServer, tmp_path: Path,
+                                                  cache: Path) -> None:
+    progress = io.StringIO()
+    output = run(RunConfig(models=["mlp_tiny"], protocols=["rest-json", "rest-binary"], concurrency=[3],
+                           duration=1.0, warmup=0, url=running_server.http_url,
+                           grpc_target=running_server.grpc_address, server_pid=running_server.pid,
+                           loadgen="python", offline=False, output_dir=tmp_path, name="fallback",
+                           cache=cache, progress=progress))
+    for point in output.report.points:
+        assert point.generator.startswith("asyncio HTTP/1.1")
+        assert point.errors == 0 and point.requests > 0 and point.gateway_cpu_s is not None
+        assert point.comparison is None
+    assert "mlp_tiny rest-json c=3" in progress.getvalue()
+    text = output.markdown.read_text()
+    assert "Python fallback client" in text and "external, http://127.0.0.1" in text
+
+
+def test_comparison_with_the_offline_limit() -> None:
+    point = Point(model="m", base_model="m", format="onnx", protocol="grpc", concurrency=4, rows_per_request=1,
+                  generator="g", requests=100, errors=0, elapsed_s=1.0, requests_per_s=100.0,
+                  inferences_per_s=100.0, p50_ms=12.0, p90_ms=13.0, p99_ms=20.0, mean_ms=12.0, max_ms=25.0,
+                  executions=30, mean_batch=10 / 3, batch_histogram={2: 10, 4: 20}, server_queue_ms=1.0,
+                  server_compute_ms=8.0, server_failures=0, loadgen_cpu_s=0.1, gateway_cpu_s=0.5,
+                  workers_cpu_s=0.5)
+    c = compare(point, Offline("fw", 1, {1: 5.0, 2: 6.0, 4: 10.0}), max_batch_size=64)
+    assert c.reference_batch == 4
+    assert c.offline_rows_s_at_reference == pytest.approx(400.0)
+    assert c.served_vs_reference == pytest.approx(0.25)
+    assert c.p99_vs_reference_ms == pytest.approx(2.0)
+    # 10 batches of 2 rows at 6 ms and 20 of 4 at 10 ms: 100 rows in 260 ms.
+    assert c.offline_rows_s_at_server_batches == pytest.approx(100 / 0.26)
+    assert c.offline_ms_per_server_batch == pytest.approx(260 / 30)
+    assert c.overhead_p50_ms == pytest.approx(12.0 - 260 / 30)
+
+
+def test_stats_delta_and_profile_summary(tmp_path: Path) -> None:
+    before = StatsSnapshot(inference_count=10, execution_count=5, batches={1: (2, 200), 4: (2, 800)})
+    after = StatsSnapshot(inference_count=22, execution_count=8, batches={1: (2, 200), 4: (5, 2000)})
+    delta = after.minus(before)
+    assert delta.histogram() == {4: 3} and delta.mean_batch == 4.0
+    assert delta.mean_compute_ms == pytest.approx(400 / 1e6)
+    raw = tmp_path / "raw.txt"
+    raw.write_text("main (a.py);loop (b.py);parse (c.py) 30\nmain (a.py);loop (b.py) 10\n")
+    summary = summarize(raw, duration=1.0)
+    assert summary["samples"] == 40 and summary["busy"] == pytest.approx(0.4)
+    assert summary["self"][0] == ("parse (c.py)", 0.75)
+    assert ("main (a.py)", 1.0) in summary["inclusive"]
