@@ -122,6 +122,8 @@ class ModelManager:
 
     async def execute(self, mv: ModelVersion, inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
         """Run one batch of ``mv`` in its worker; errors come back as client-facing errors."""
+        if self._closing:
+            raise Unavailable(f"model '{mv.name}': the server is shutting down")
         worker = self._workers.get(mv.config.framework)
         if worker is None:
             raise Unavailable(f"model '{mv.name}': its runtime worker is not running")

@@ -88,6 +88,9 @@ class WorkerProcess:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "runtimes.worker", self.framework, str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C reaches the gateway, which drains and then
+                # stops the workers itself; a worker exits when the gateway's socket closes.
+                start_new_session=True,
             )
         loop = asyncio.get_running_loop()
         transport, self._channel = await loop.create_unix_connection(
