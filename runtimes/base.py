@@ -7,6 +7,7 @@ to call concurrently (the frameworks' run calls are).
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -48,3 +49,33 @@ def default_threads(instances: int) -> int:
 def cuda_index(device: str) -> int | None:
     """The GPU ordinal of a ``cuda:N`` device, or None for the CPU."""
     return int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+
+
+def batch_buckets(max_batch_size: int, preferred: Sequence[int] = ()) -> tuple[int, ...]:
+    """The batch sizes a shape-compiling runtime compiles: ``preferred`` (the configured
+    dynamic_batching.preferred_batch_sizes) or else the powers of two, each up to
+    ``max_batch_size``, which is always included so that every valid batch has a bucket."""
+    if max_batch_size <= 0:
+        return ()
+    sizes = {s for s in preferred if 1 <= s <= max_batch_size}
+    if not sizes:
+        sizes = {1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size}
+    sizes.add(max_batch_size)
+    return tuple(sorted(sizes))
+
+
+def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``rows`` (``buckets`` ascending); ``rows`` itself if none does."""
+    for size in buckets:
+        if size >= rows:
+            return size
+    return rows
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with zero rows appended along the first axis up to ``rows`` (itself if already there)."""
+    if array.shape[0] == rows:
+        return array
+    padded = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    padded[: array.shape[0]] = array
+    return padded

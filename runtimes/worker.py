@@ -23,6 +23,10 @@ from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
 #: The adapter class for each platform, as "module:Class", imported on first use.
 ADAPTERS = {
     "onnx": "runtimes.onnx:OnnxRuntimeAdapter",
+    "torchscript": "runtimes.torchscript:TorchScriptAdapter",
+    "torch_export": "runtimes.torch_export:TorchExportAdapter",
+    "savedmodel": "runtimes.savedmodel:SavedModelAdapter",
+    "jax": "runtimes.jax:JaxAdapter",
 }
 
 log = logging.getLogger("tensorgate.worker")

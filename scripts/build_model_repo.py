@@ -1,21 +1,32 @@
 """Build the example model repository offline and reproducibly.
 
 The served models are not committed (binary, regenerable); only each model's
-``config.yaml`` is. This script trains them from data bundled with scikit-learn
-(no network) and exports them so that two runs produce byte-identical files,
-which lets tests and CI rebuild the repository instead of trusting a blob.
+``config.yaml`` is. This script trains the digits classifier once from data bundled
+with scikit-learn (no network) and exports the very same float32 weights to five
+formats: ONNX, TorchScript, torch.export, TensorFlow SavedModel and JAX (``jax.export``
+plus ``params.npz``). Two runs produce byte-identical files, wherever the checkout
+lies, which lets tests and CI rebuild the repository instead of trusting a blob.
 
-Usage: ``python scripts/build_model_repo.py [--repo model_repo] [--force]``
+Usage: ``python scripts/build_model_repo.py [--repo model_repo] [--force] [--formats onnx,jax]``
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import uuid
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +53,53 @@ outputs:
 instances: {count: 1, device: cpu}
 parameters: {intra_op_threads: 1}
 """
+
+TORCHSCRIPT_CONFIG_YAML = """\
+# The digits classifier as TorchScript, with the weights of digits_onnx.
+# TorchScript carries no tensor names or dtypes, so the config lists them.
+platform: torchscript
+max_batch_size: 64
+inputs:
+  - {name: input, datatype: FP32, shape: [64]}
+outputs:
+  - {name: logits, datatype: FP32, shape: [10]}
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
+TORCH_EXPORT_CONFIG_YAML = """\
+# The digits classifier as a torch.export program, with the weights of digits_onnx.
+# The program names its input and knows every dtype and shape; its output is a bare
+# tensor, so the config names it.
+platform: torch_export
+max_batch_size: 64
+outputs:
+  - {name: logits, datatype: FP32, shape: [10]}
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
+SAVEDMODEL_CONFIG_YAML = """\
+# The digits classifier as a TensorFlow SavedModel, with the weights of digits_onnx.
+# Inputs and outputs are read from the serving_default signature.
+platform: savedmodel
+max_batch_size: 64
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1, signature_name: serving_default}
+"""
+
+JAX_CONFIG_YAML = """\
+# The digits classifier as a jax.export function and its params.npz, with the weights
+# of digits_onnx. Inputs and outputs are read from the export. Batches are padded to
+# buckets (powers of two up to max_batch_size), each compiled when the model loads.
+platform: jax
+max_batch_size: 64
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
+#: torch 2.13 deprecates the torch.jit entry points; writing TorchScript is what this script is for.
+TORCHSCRIPT_DEPRECATIONS = (r"`torch\.jit\.script` is deprecated", r"`torch\.jit\.save` is deprecated")
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -153,6 +211,162 @@ def digits_onnx_bytes(model: DigitsMLP) -> bytes:
     return data
 
 
+def _torch_module(model: DigitsMLP) -> Any:
+    """The MLP as a ``torch.nn.Module`` holding the float32 weights (laid out as in numpy), frozen."""
+    import torch
+
+    class DigitsTorch(torch.nn.Module):
+        # The TorchScript type name, fixed so that it does not depend on how this script was imported.
+        _jit_override_qualname = "__torch__.tensorgate.DigitsMLP"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.from_numpy(model.w1.copy()), requires_grad=False)
+            self.b1 = torch.nn.Parameter(torch.from_numpy(model.b1.copy()), requires_grad=False)
+            self.w2 = torch.nn.Parameter(torch.from_numpy(model.w2.copy()), requires_grad=False)
+            self.b2 = torch.nn.Parameter(torch.from_numpy(model.b2.copy()), requires_grad=False)
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(torch.matmul(input, self.w1) + self.b1)
+            return torch.matmul(hidden, self.w2) + self.b2
+
+    return DigitsTorch().eval()
+
+
+def digits_torchscript_bytes(model: DigitsMLP) -> bytes:
+    """The MLP scripted to TorchScript, without the debug records (they name this script's path)."""
+    import torch
+
+    with warnings.catch_warnings():
+        for message in TORCHSCRIPT_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        scripted = torch.jit.script(_torch_module(model))
+        saved = io.BytesIO()
+        torch.jit.save(scripted, saved)
+    reader = torch._C.PyTorchFileReader(io.BytesIO(saved.getvalue()))
+    stripped = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(stripped)
+    for name in reader.get_all_records():
+        if name.endswith(".debug_pkl") or name == ".data/serialization_id":
+            continue  # the writer adds its own serialization id, derived from the contents
+        data = reader.get_record(name)
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    return stripped.getvalue()
+
+
+def digits_torch_export_bytes(model: DigitsMLP) -> bytes:
+    """The MLP as a ``torch.export`` program with a dynamic batch dimension (``.pt2``)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(_torch_module(model), (torch.zeros(2, 64),), dynamic_shapes={"input": {0: batch}})
+    for node in program.graph.nodes:  # source locations and module paths: they name this script
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "from_node"):
+            node.meta.pop(key, None)
+    saved = io.BytesIO()
+    torch.export.save(program, saved)
+    return saved.getvalue()
+
+
+def export_savedmodel(model: DigitsMLP, path: Path) -> None:
+    """Write the MLP as a SavedModel folder at ``path`` with a ``serving_default`` signature
+    ``{"input": [batch, 64] float32} -> {"logits": [batch, 10] float32}``.
+
+    TensorFlow runs in a child process (this script again, with ``--savedmodel-from``): it
+    bundles its own protobuf runtime, which crashes grpc_tools' protoc if both live in one
+    process (a test process builds this repository and regenerates the gRPC code), and it
+    numbers its functions per process, so only a fresh process writes the same bytes twice.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        weights = staging / "weights.npz"
+        weights.write_bytes(_npz_bytes({"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2}))
+        run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--savedmodel-from", str(weights),
+                              "--repo", str(staging / "model")], capture_output=True, text=True, check=False,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if run.returncode != 0:
+            raise RuntimeError(f"exporting the SavedModel failed:\n{run.stdout}{run.stderr}")
+        for item in (staging / "model").rglob("*"):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        (staging / "model").chmod(0o755)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging / "model", path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_savedmodel_here(weights: dict[str, FloatArray], path: Path) -> None:
+    """The TensorFlow half of :func:`export_savedmodel`, run in its own process."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    class DigitsTF(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name="digits_mlp")
+            self.w1 = tf.Variable(weights["w1"], name="w1", trainable=False)
+            self.b1 = tf.Variable(weights["b1"], name="b1", trainable=False)
+            self.w2 = tf.Variable(weights["w2"], name="w2", trainable=False)
+            self.b2 = tf.Variable(weights["b2"], name="b2", trainable=False)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="input")])  # type: ignore[untyped-decorator]
+        def serve(self, input: Any) -> dict[str, Any]:
+            hidden = tf.nn.relu(tf.matmul(input, self.w1) + self.b1)
+            return {"logits": tf.matmul(hidden, self.w2) + self.b2}
+
+    module = DigitsTF()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    # The fingerprint holds a random UUID; derive it from the saved graph so that builds agree.
+    fingerprint_file = path / "fingerprint.pb"
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString(fingerprint_file.read_bytes())
+    digest = hashlib.sha256((path / "saved_model.pb").read_bytes()).digest()
+    fingerprint.uuid = str(uuid.UUID(bytes=digest[:16]).int)
+    fingerprint_file.write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+def digits_jax_bytes(model: DigitsMLP) -> tuple[bytes, bytes]:
+    """The MLP as ``jax.export`` bytes of ``f(params, {"input": x}) -> {"logits": y}`` (symbolic batch,
+    lowered for CPU and CUDA, full-precision matmuls) and the ``params.npz`` that goes beside it."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    def forward(params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+        highest = jax.lax.Precision.HIGHEST
+        hidden = jnp.maximum(jnp.matmul(inputs["input"], params["w1"], precision=highest) + params["b1"], 0.0)
+        return {"logits": jnp.matmul(hidden, params["w2"], precision=highest) + params["b2"]}
+
+    params = {"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2}
+    (batch,) = export.symbolic_shape("batch")
+    params_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in params.items()}  # type: ignore[no-untyped-call]
+    inputs_spec = {"input": jax.ShapeDtypeStruct((batch, 64), jnp.float32)}  # type: ignore[no-untyped-call]
+    limit = getattr(jax.config, "jax_traceback_in_locations_limit")  # noqa: B009 - untyped option
+    jax.config.update("jax_traceback_in_locations_limit", 0)  # type: ignore[no-untyped-call]  # no source paths
+    try:
+        exported = export.export(jax.jit(forward), platforms=("cpu", "cuda"))(params_spec, inputs_spec)
+        data = bytes(exported.serialize())
+    finally:
+        jax.config.update("jax_traceback_in_locations_limit", limit)  # type: ignore[no-untyped-call]
+    return data, _npz_bytes(params)
+
+
+def _npz_bytes(arrays: dict[str, FloatArray]) -> bytes:
+    """An ``.npz`` (what ``np.savez`` writes) with fixed timestamps, so that its bytes depend only on the arrays."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so an interrupted build never leaves a truncated model
     that the next run would take for a finished one."""
@@ -174,25 +388,76 @@ def export_onnx(model: DigitsMLP, path: Path) -> None:
     _write_atomic(Path(path), digits_onnx_bytes(model))
 
 
-def build_repo(repo: Path, force: bool = False, seed: int = 0) -> list[Path]:
-    """Build the missing artefacts of ``repo`` (all version folders if ``force``); return what was written.
+@dataclass(frozen=True)
+class ExampleModel:
+    """One example model: its folder, config, the artefact whose presence means "built", and its writer."""
+
+    name: str
+    config: str
+    artefact: str
+    write: Callable[[DigitsMLP, Path], None]
+
+
+def _write_onnx(model: DigitsMLP, version_dir: Path) -> None:
+    export_onnx(model, version_dir / "model.onnx")
+
+
+def _write_torchscript(model: DigitsMLP, version_dir: Path) -> None:
+    _write_atomic(version_dir / "model.pt", digits_torchscript_bytes(model))
+
+
+def _write_torch_export(model: DigitsMLP, version_dir: Path) -> None:
+    _write_atomic(version_dir / "model.pt2", digits_torch_export_bytes(model))
+
+
+def _write_savedmodel(model: DigitsMLP, version_dir: Path) -> None:
+    export_savedmodel(model, version_dir / "model.savedmodel")
+
+
+def _write_jax(model: DigitsMLP, version_dir: Path) -> None:
+    function, params = digits_jax_bytes(model)
+    _write_atomic(version_dir / "params.npz", params)
+    _write_atomic(version_dir / "model.jax", function)  # last: its presence means "built"
+
+
+#: The example repository, by format name.
+EXAMPLES: dict[str, ExampleModel] = {
+    "onnx": ExampleModel(DIGITS_MODEL_NAME, DIGITS_CONFIG_YAML, "model.onnx", _write_onnx),
+    "torchscript": ExampleModel("digits_torchscript", TORCHSCRIPT_CONFIG_YAML, "model.pt", _write_torchscript),
+    "torch_export": ExampleModel("digits_torch_export", TORCH_EXPORT_CONFIG_YAML, "model.pt2", _write_torch_export),
+    "savedmodel": ExampleModel("digits_savedmodel", SAVEDMODEL_CONFIG_YAML, "model.savedmodel", _write_savedmodel),
+    "jax": ExampleModel("digits_jax", JAX_CONFIG_YAML, "model.jax", _write_jax),
+}
+
+
+def build_repo(repo: Path, force: bool = False, seed: int = 0,
+               formats: Sequence[str] = tuple(EXAMPLES)) -> list[Path]:
+    """Build the missing artefacts of ``repo`` (all of them if ``force``); return what was written.
 
     An existing ``config.yaml`` is never overwritten: it is the committed, hand-edited source of truth.
-    Training only happens when a model file actually has to be written, so a no-op run is fast.
+    Training only happens when a model file actually has to be written, so a no-op run is fast; it
+    happens once for all formats, so every format holds the same weights.
     """
+    unknown = sorted(set(formats) - set(EXAMPLES))
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; choose from {sorted(EXAMPLES)}")
     written: list[Path] = []
-    model_dir = Path(repo) / DIGITS_MODEL_NAME
-    config = model_dir / "config.yaml"
-    if not config.exists():
-        _write_atomic(config, DIGITS_CONFIG_YAML.encode("utf-8"))
-        print(f"wrote {config}")
-        written.append(config)
-    onnx_path = model_dir / str(DIGITS_VERSION) / "model.onnx"
-    if force or not onnx_path.exists():
-        model = train_digits_mlp(seed)
-        export_onnx(model, onnx_path)
-        print(f"wrote {onnx_path} (test accuracy {model.test_accuracy:.4f})")
-        written.append(onnx_path)
+    model: DigitsMLP | None = None
+    for fmt in formats:
+        example = EXAMPLES[fmt]
+        model_dir = Path(repo) / example.name
+        config = model_dir / "config.yaml"
+        if not config.exists():
+            _write_atomic(config, example.config.encode("utf-8"))
+            print(f"wrote {config}")
+            written.append(config)
+        version_dir = model_dir / str(DIGITS_VERSION)
+        artefact = version_dir / example.artefact
+        if force or not artefact.exists():
+            model = model or train_digits_mlp(seed)
+            example.write(model, version_dir)
+            print(f"wrote {artefact} (test accuracy {model.test_accuracy:.4f})")
+            written.append(artefact)
     return written
 
 
@@ -204,8 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild model files even if they exist")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--formats", default=",".join(EXAMPLES),
+                        help="comma-separated formats to build (default: %(default)s)")
+    parser.add_argument("--savedmodel-from", type=Path, help=argparse.SUPPRESS)  # export_savedmodel's child
     args = parser.parse_args(argv)
-    written = build_repo(args.repo, force=args.force, seed=args.seed)
+    if args.savedmodel_from is not None:
+        with np.load(args.savedmodel_from) as weights:
+            _write_savedmodel_here({k: weights[k] for k in weights.files}, args.repo)
+        return 0
+    written = build_repo(args.repo, force=args.force, seed=args.seed, formats=args.formats.split(","))
     if not written:
         print(f"{args.repo}: up to date")
     return 0

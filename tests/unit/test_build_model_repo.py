@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import yaml
 from tests.helpers import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "scripts" / "build_model_repo.py"
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +24,22 @@ def build() -> types.ModuleType:
 
 
 @pytest.fixture(scope="module")
-def built_repo(build: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two runs of the script, as a user runs it (each a fresh process: TensorFlow numbers its
+    functions per process), at the same time, into two different folders."""
+    repos = (tmp_path_factory.mktemp("repo"), tmp_path_factory.mktemp("elsewhere") / "models")
+    runs = [subprocess.Popen([sys.executable, str(SCRIPT), "--repo", str(repo)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT) for repo in repos]
+    for run in runs:
+        output, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, output.decode(errors="replace")
+    return repos
+
+
+@pytest.fixture(scope="module")
+def built_repo(two_builds: tuple[Path, Path]) -> Path:
     """One repository built by the script, shared by the tests that only read it."""
-    repo = tmp_path_factory.mktemp("repo")
-    assert build.main(["--repo", str(repo)]) == 0
-    return repo
+    return two_builds[0]
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -34,19 +48,26 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def _files(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
 def test_build_writes_the_repository_layout(built_repo: Path) -> None:
-    assert (built_repo / "digits_onnx" / "config.yaml").is_file()
-    assert (built_repo / "digits_onnx" / "1" / "model.onnx").is_file()
+    for name, artefact in [("digits_onnx", "model.onnx"), ("digits_torchscript", "model.pt"),
+                           ("digits_torch_export", "model.pt2"), ("digits_savedmodel", "model.savedmodel"),
+                           ("digits_jax", "model.jax"), ("digits_jax", "params.npz")]:
+        assert (built_repo / name / "config.yaml").is_file()
+        assert (built_repo / name / "1" / artefact).exists(), (name, artefact)
+    assert (built_repo / "digits_savedmodel" / "1" / "model.savedmodel" / "saved_model.pb").is_file()
 
 
-def test_export_is_byte_for_byte_reproducible(
-    build: types.ModuleType, built_repo: Path, tmp_path: Path
-) -> None:
-    """A second, independent build (training included) must give the very same bytes."""
-    assert build.main(["--repo", str(tmp_path)]) == 0
-    first = (built_repo / "digits_onnx" / "1" / "model.onnx").read_bytes()
-    second = (tmp_path / "digits_onnx" / "1" / "model.onnx").read_bytes()
-    assert first == second
+def test_export_is_byte_for_byte_reproducible(two_builds: tuple[Path, Path]) -> None:
+    """A second, independent build (training included) must give the very same bytes, in every format,
+    although it lies in another folder (no format may record where it was built)."""
+    first, second = _files(two_builds[0]), _files(two_builds[1])
+    assert sorted(first) == sorted(second)
+    for name in first:
+        assert first[name] == second[name], name
 
 
 def test_onnxruntime_matches_numpy_forward_and_is_accurate(build: types.ModuleType, built_repo: Path) -> None:
@@ -74,22 +95,32 @@ def test_onnxruntime_matches_numpy_forward_and_is_accurate(build: types.ModuleTy
 def test_second_run_writes_nothing_and_keeps_config(
     build: types.ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    formats = ["onnx", "jax"]  # the quick ones: the logic is the same for every format
     config = tmp_path / "digits_onnx" / "config.yaml"
     config.parent.mkdir(parents=True)
     config.write_text("# edited by hand\n")
-    assert build.build_repo(tmp_path) == [tmp_path / "digits_onnx" / "1" / "model.onnx"]
+    artefacts = [tmp_path / "digits_onnx" / "1" / "model.onnx", tmp_path / "digits_jax" / "1" / "model.jax"]
+    assert build.build_repo(tmp_path, formats=formats) == [artefacts[0], tmp_path / "digits_jax" / "config.yaml",
+                                                           artefacts[1]]
     assert "test accuracy" in capsys.readouterr().out
-    assert build.build_repo(tmp_path) == []
-    # --force rebuilds the model but still never touches the hand-written config.
-    assert build.build_repo(tmp_path, force=True) == [tmp_path / "digits_onnx" / "1" / "model.onnx"]
+    assert build.build_repo(tmp_path, formats=formats) == []
+    # --force rebuilds the models but still never touches the hand-written config.
+    assert build.build_repo(tmp_path, force=True, formats=formats) == artefacts
     assert config.read_text() == "# edited by hand\n"
+    with pytest.raises(ValueError, match="unknown formats"):
+        build.build_repo(tmp_path, formats=["onnx", "caffe"])
 
 
-def test_committed_config_matches_the_script(build: types.ModuleType) -> None:
-    """The script writes the same config a fresh repository would get as the one committed here."""
-    committed = REPO_ROOT / "model_repo" / "digits_onnx" / "config.yaml"
-    assert committed.read_text() == build.DIGITS_CONFIG_YAML
-    config = yaml.safe_load(committed.read_text())
-    assert config["platform"] == "onnx" and config["max_batch_size"] == 64
-    assert config["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [64]}]
-    assert config["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [10]}]
+def test_committed_configs_match_the_script(build: types.ModuleType) -> None:
+    """The script writes the same configs a fresh repository would get as the ones committed here."""
+    for example in build.EXAMPLES.values():
+        committed = REPO_ROOT / "model_repo" / example.name / "config.yaml"
+        assert committed.read_text() == example.config, example.name
+        config = yaml.safe_load(committed.read_text())
+        assert config["max_batch_size"] == 64
+        assert config.get("inputs", [{"name": "input", "datatype": "FP32", "shape": [64]}]) == [
+            {"name": "input", "datatype": "FP32", "shape": [64]}]
+        assert config.get("outputs", [{"name": "logits", "datatype": "FP32", "shape": [10]}]) == [
+            {"name": "logits", "datatype": "FP32", "shape": [10]}]
+    assert sorted(p.parent.name for p in (REPO_ROOT / "model_repo").glob("*/config.yaml")) == sorted(
+        e.name for e in build.EXAMPLES.values())

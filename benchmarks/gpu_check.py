@@ -1,0 +1,169 @@
+"""Check the example models on a device: load each through its runtime adapter, compare with the CPU, time it.
+
+Usage::
+
+    python benchmarks/gpu_check.py --device cuda:0          # on a machine with an NVIDIA GPU
+    python benchmarks/gpu_check.py --device cpu             # what CI runs, so that this keeps working
+
+For each of the example digits models in the repository (``model_repo`` by default; build
+them with ``make model_repo``), the script loads the model through the same adapter a runtime worker
+uses, once on the CPU (the reference) and once on ``--device``; sends scikit-learn's digits
+test split through both; checks that the device's logits match the CPU's within ``--atol``;
+and times a few batch sizes on the device (median of ``--repeats`` runs after a warm-up,
+host-to-device copies and results back on the host included). It prints one table row per
+model. A model that cannot be loaded on the device (a framework build without CUDA, say) is
+reported with the reason.
+
+Exit status: 0 when every model loaded and matched; 1 when a model's outputs differ; 2 when
+a model could not be loaded on the device (and none differed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+import types
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, Python puts benchmarks/ first on the path, where modules of the harness would
+# shadow the standard library's (profile.py); the project's root is what this script needs there.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gateway.repository.config import load_config  # noqa: E402
+from gateway.repository.layout import scan_repository  # noqa: E402
+from gateway.workers.ipc import LoadModel  # noqa: E402
+from runtimes.base import ModelLoadError, RuntimeAdapter  # noqa: E402
+from runtimes.worker import ADAPTERS  # noqa: E402
+
+#: Framework import order: TensorFlow first, so that it never sees (and imports) jax itself.
+_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "jax": 3}
+
+
+@dataclass
+class Result:
+    model: str
+    platform: str
+    status: str = "ok"
+    max_diff: float | None = None
+    millis: dict[int, float] = field(default_factory=dict)
+
+
+def _build_script() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("_gpu_check_build", ROOT / "scripts" / "build_model_repo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _adapter(spec: LoadModel) -> RuntimeAdapter:
+    module_name, class_name = ADAPTERS[spec.platform].split(":")
+    cls: type[RuntimeAdapter] = getattr(importlib.import_module(module_name), class_name)
+    return cls(spec)
+
+
+def _spec(repo: Path, name: str, version: int, device: str) -> LoadModel:
+    """The LoadModel a server would send for ``version`` of ``name``, placed on ``device``."""
+    config = load_config(repo / name / "config.yaml", name)
+    batching = config.dynamic_batching
+    return LoadModel(
+        key=f"{name}:{version}", model_name=name, path=str(repo / name / str(version)), platform=config.platform,
+        max_batch_size=config.max_batch_size, device=device, instances=config.instances.count,
+        parameters=dict(config.parameters),
+        inputs=[(t.name, t.datatype) for t in config.inputs] if config.inputs else None,
+        outputs=[(t.name, t.datatype) for t in config.outputs] if config.outputs else None,
+        preferred_batch_sizes=tuple(batching.preferred_batch_sizes) if batching else (),
+    )
+
+
+def _run_all(adapter: RuntimeAdapter, x: np.ndarray, batch: int) -> np.ndarray:
+    parts = [adapter.execute({"input": x[i : i + batch]}, ["logits"])["logits"] for i in range(0, len(x), batch)]
+    return np.concatenate(parts)
+
+
+def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: float) -> list[Result]:
+    build = _build_script()
+    x, _ = build.digits_test_split()
+    examples = {example.name for example in build.EXAMPLES.values()}
+    entries = [e for e in scan_repository(repo) if e.name in examples and e.config is not None and e.versions]
+    entries.sort(key=lambda e: (_ORDER.get(e.config.platform, 9) if e.config else 9, e.name))
+    results = []
+    for entry in entries:
+        assert entry.config is not None
+        result = Result(entry.name, entry.config.platform)
+        results.append(result)
+        spec = _spec(repo, entry.name, max(entry.versions), "cpu")
+        try:
+            reference_adapter = _adapter(spec)
+            reference = _run_all(reference_adapter, x, spec.max_batch_size or len(x))
+            adapter = reference_adapter if device == "cpu" else _adapter(replace(spec, device=device))
+        except ModelLoadError as exc:
+            result.status = f"unavailable: {exc}"
+            continue
+        largest = spec.max_batch_size or len(x)
+        on_device = _run_all(adapter, x, largest)
+        result.max_diff = float(np.max(np.abs(on_device - reference)))
+        if not np.allclose(on_device, reference, rtol=0, atol=atol):
+            result.status = f"MISMATCH (atol {atol})"
+        for size in batch_sizes:
+            if size > largest:
+                continue
+            batch = {"input": np.ascontiguousarray(np.resize(x, (size, x.shape[1])))}
+            adapter.execute(batch, ["logits"])  # warm-up: allocators, lazy initialisation
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                adapter.execute(batch, ["logits"])
+                times.append(time.perf_counter() - started)
+            result.millis[size] = statistics.median(times) * 1000
+        adapter.close()
+        if adapter is not reference_adapter:
+            reference_adapter.close()
+    return results
+
+
+def table(results: list[Result], device: str, batch_sizes: list[int]) -> str:
+    head = ["model", "platform", "device", "status", "max |diff| vs cpu",
+            *(f"ms @ batch {b}" for b in batch_sizes), f"rows/s @ batch {batch_sizes[-1]}"]
+    rows = [head, ["---"] * len(head)]
+    for r in results:
+        rate = f"{batch_sizes[-1] / r.millis[batch_sizes[-1]] * 1000:,.0f}" if batch_sizes[-1] in r.millis else "-"
+        rows.append([r.model, r.platform, device, r.status, "-" if r.max_diff is None else f"{r.max_diff:.2e}",
+                     *(f"{r.millis[b]:.3f}" if b in r.millis else "-" for b in batch_sizes), rate])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--device", default="cuda:0", help="cpu or cuda:N (default: %(default)s)")
+    parser.add_argument("--repo", type=Path, default=ROOT / "model_repo",
+                        help="model repository (default: %(default)s)")
+    parser.add_argument("--batch-sizes", default="1,8,64", help="batch sizes to time (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: %(default)s)")
+    parser.add_argument("--atol", type=float, default=1e-3,
+                        help="largest allowed |device - cpu| per logit (default: %(default)s; GPUs may use TF32)")
+    args = parser.parse_args(argv)
+    batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
+    results = check(args.repo, args.device, batch_sizes, args.repeats, args.atol)
+    if not results:
+        print(f"{args.repo}: no models (build them with `make model_repo`)", file=sys.stderr)
+        return 2
+    print(table(results, args.device, batch_sizes))
+    if any(r.status.startswith("MISMATCH") for r in results):
+        return 1
+    return 2 if any(r.status != "ok" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

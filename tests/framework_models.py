@@ -1,0 +1,286 @@
+"""Small TorchScript, torch.export, SavedModel and JAX models built on the fly for the fault tests.
+
+Every model is made from constants or seeded weights, with nothing downloaded. Each
+framework is imported inside the function that needs it, so importing this module is cheap.
+TensorFlow never enters the test process: it bundles its own protobuf runtime, which crashes
+grpc_tools' protoc there, so :func:`tensorflow_models` builds the SavedModels in a child
+process (``python -m tests.framework_models REPO``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The iteration count the slow models are asked for: far more than a test ever waits for.
+ENDLESS = 2**31 - 1
+
+#: The message the failing models raise with.
+REFUSAL = "negative input refused"
+
+
+def _config(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(text)
+
+
+def _loop_weights() -> np.ndarray:
+    return (np.random.default_rng(0).standard_normal((64, 64)) / 8).astype(np.float32)
+
+
+# --- TorchScript and torch.export ----------------------------------------------------------------
+
+_SLOW_TORCH_CONFIG = """platform: {platform}
+max_batch_size: 0
+inputs:
+  - {{name: iterations, datatype: INT64, shape: [1]}}
+  - {{name: x, datatype: FP32, shape: [64, 64]}}
+outputs:
+  - {{name: y, datatype: FP32, shape: [64, 64]}}
+instances: {{count: 2}}
+parameters: {{intra_op_threads: 1}}
+"""
+
+_FAILING_CONFIG = """platform: {platform}
+max_batch_size: 8
+inputs:
+  - {{name: x, datatype: FP32, shape: [4]}}
+outputs:
+  - {{name: y, datatype: FP32, shape: [4]}}
+{extra}"""
+
+
+def _save_torchscript(module: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module), str(path))
+
+
+def slow_torchscript(repo: Path, name: str = "slow_torchscript") -> None:
+    """``iterations`` turns of ``x = tanh(x @ w)``: holds a batch in flight as long as asked."""
+    import torch
+
+    class Slow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.from_numpy(_loop_weights()), requires_grad=False)
+
+        def forward(self, iterations: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(int(iterations[0])):
+                x = torch.tanh(torch.matmul(x, self.w))
+            return x
+
+    _save_torchscript(Slow(), repo / name / "1" / "model.pt")
+    _config(repo / name, _SLOW_TORCH_CONFIG.format(platform="torchscript"))
+
+
+def failing_torchscript(repo: Path, name: str = "failing_torchscript", extra: str = "") -> None:
+    """y = 2x, but raises for any negative element (a model that fails while executing)."""
+    import torch
+
+    class Failing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x < 0).any()):
+                raise RuntimeError("negative input refused")  # REFUSAL: TorchScript takes literals only
+            return x * 2
+
+    _save_torchscript(Failing(), repo / name / "1" / "model.pt")
+    _config(repo / name, _FAILING_CONFIG.format(platform="torchscript", extra=extra))
+
+
+def failing_torch_export(repo: Path, name: str = "failing_torch_export", extra: str = "") -> None:
+    """y = 2x as a torch.export program whose runtime assertion fails for negative elements."""
+    import torch
+
+    class Failing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            negatives = (x < 0).sum().item()
+            torch._check(negatives == 0, lambda: REFUSAL)  # type: ignore[no-untyped-call]
+            return x * 2
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(Failing(), (torch.zeros(2, 4),), dynamic_shapes={"x": {0: batch}})
+    path = repo / name / "1" / "model.pt2"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    _config(repo / name, _FAILING_CONFIG.format(platform="torch_export", extra=extra))
+
+
+def broken_torch_models(repo: Path) -> None:
+    """Missing, corrupt and contradicting TorchScript and torch.export models."""
+    for platform, file in (("torchscript", "model.pt"), ("torch_export", "model.pt2")):
+        _config(repo / f"missing_{platform}", _FAILING_CONFIG.format(platform=platform, extra=""))
+        (repo / f"missing_{platform}" / "1").mkdir()
+        _config(repo / f"corrupt_{platform}", _FAILING_CONFIG.format(platform=platform, extra=""))
+        (repo / f"corrupt_{platform}" / "1").mkdir()
+        (repo / f"corrupt_{platform}" / "1" / file).write_bytes(b"PK\x03\x04 this is not a torch archive")
+    # TorchScript: forward takes one input, the config lists two.
+    failing_torchscript(repo, "contradicts_torchscript")
+    (repo / "contradicts_torchscript" / "config.yaml").write_text(
+        _FAILING_CONFIG.format(platform="torchscript", extra="").replace(
+            "inputs:\n", "inputs:\n  - {name: mask, datatype: BOOL, shape: [4]}\n"))
+    # torch.export: the program's input is FP32, the config says INT32.
+    failing_torch_export(repo, "contradicts_torch_export")
+    (repo / "contradicts_torch_export" / "config.yaml").write_text(
+        _FAILING_CONFIG.format(platform="torch_export", extra="").replace("x, datatype: FP32", "x, datatype: INT32"))
+
+
+# --- TensorFlow SavedModel (built in a child process) ---------------------------------------------
+
+def tensorflow_models(repo: Path) -> None:
+    """slow_savedmodel, failing_savedmodel, the broken SavedModels and gpu_savedmodel, in a child process."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo)], cwd=root, capture_output=True,
+                         text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _save_tf(module: Any, function: Any, path: Path) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(path), signatures={"serving_default": function})
+
+
+def slow_savedmodel(repo: Path, name: str = "slow_savedmodel") -> None:
+    """A tf.while_loop of ``iterations`` turns of ``x = tanh(x @ w)``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Slow(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(_loop_weights(), trainable=False)
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.int64, name="iterations"),  # type: ignore[untyped-decorator]
+                                      tf.TensorSpec([64, 64], tf.float32, name="x")])
+        def serve(self, iterations: Any, x: Any) -> dict[str, Any]:
+            _, y = tf.while_loop(lambda i, _: i < iterations[0],
+                                 lambda i, state: (i + 1, tf.tanh(tf.matmul(state, self.w))),
+                                 (tf.constant(0, tf.int64), x))
+            return {"y": y}
+
+    module = Slow()
+    _save_tf(module, module.serve, repo / name / "1" / "model.savedmodel")
+    _config(repo / name, "platform: savedmodel\nmax_batch_size: 0\ninstances: {count: 2}\n")
+
+
+def failing_savedmodel(repo: Path, name: str = "failing_savedmodel", extra: str = "") -> None:
+    """y = 2x for x of shape [batch, 4]; a tf.debugging assertion fails for negative elements."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Failing(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])  # type: ignore[untyped-decorator]
+        def serve(self, x: Any) -> dict[str, Any]:
+            with tf.control_dependencies([tf.debugging.assert_non_negative(x, message=REFUSAL)]):
+                return {"y": x * 2}
+
+    module = Failing()
+    _save_tf(module, module.serve, repo / name / "1" / "model.savedmodel")
+    _config(repo / name, f"platform: savedmodel\nmax_batch_size: 8\n{extra}")
+
+
+def broken_savedmodels(repo: Path) -> None:
+    """Missing, corrupt and contradicting SavedModels."""
+    _config(repo / "missing_savedmodel", "platform: savedmodel\nmax_batch_size: 8\n")
+    (repo / "missing_savedmodel" / "1").mkdir()
+    failing_savedmodel(repo, "corrupt_savedmodel")
+    (repo / "corrupt_savedmodel" / "1" / "model.savedmodel" / "saved_model.pb").write_bytes(b"\x08garbage\xff")
+    failing_savedmodel(repo, "contradicts_savedmodel")
+    (repo / "contradicts_savedmodel" / "config.yaml").write_text(
+        "platform: savedmodel\nmax_batch_size: 8\ninputs: [{name: x, datatype: INT32, shape: [4]}]\n")
+
+
+# --- JAX -------------------------------------------------------------------------------------------
+
+def _save_jax(function: Any, args: tuple[Any, ...], folder: Path) -> None:
+    import jax
+    from jax import export
+
+    exported = export.export(jax.jit(function), platforms=("cpu", "cuda"))(*args)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.jax").write_bytes(exported.serialize())
+
+
+def slow_jax(repo: Path, name: str = "slow_jax") -> None:
+    """A fori_loop of ``iterations`` turns of ``x = tanh(x @ w)`` (the trip count is data, not shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    w = jnp.asarray(_loop_weights())
+
+    def slow(inputs: dict[str, Any]) -> dict[str, Any]:
+        turn = lambda _, state: jnp.tanh(state @ w)  # noqa: E731
+        return {"y": jax.lax.fori_loop(0, inputs["iterations"][0], turn, inputs["x"])}
+
+    _save_jax(slow, ({"iterations": jax.ShapeDtypeStruct((1,), jnp.int32),  # type: ignore[no-untyped-call]
+                      "x": jax.ShapeDtypeStruct((64, 64), jnp.float32)},),  # type: ignore[no-untyped-call]
+              repo / name / "1")
+    _config(repo / name, "platform: jax\nmax_batch_size: 0\ninstances: {count: 2}\n")
+
+
+def doubling_jax(repo: Path, name: str = "doubling_jax", extra: str = "") -> None:
+    """y = 2x for x of shape [batch, 4], with a params.npz holding the 2."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    (batch,) = export.symbolic_shape("batch")
+    _save_jax(lambda params, inputs: {"y": inputs["x"] * params["factor"]},
+              ({"factor": jax.ShapeDtypeStruct((), jnp.float32)},  # type: ignore[no-untyped-call]
+               {"x": jax.ShapeDtypeStruct((batch, 4), jnp.float32)}),  # type: ignore[no-untyped-call]
+              repo / name / "1")
+    np.savez(repo / name / "1" / "params.npz", factor=np.float32(2))
+    _config(repo / name, f"platform: jax\nmax_batch_size: 8\n{extra}")
+
+
+def dynamic_jax(repo: Path, name: str = "dynamic_jax") -> None:
+    """y = 2x for x of any length, unbatched: each new length compiles once, while serving."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    (length,) = export.symbolic_shape("n")
+    _save_jax(lambda inputs: {"y": inputs["x"] * 2},
+              ({"x": jax.ShapeDtypeStruct((length,), jnp.float32)},),  # type: ignore[no-untyped-call]
+              repo / name / "1")
+    _config(repo / name, "platform: jax\nmax_batch_size: 0\n")
+
+
+def broken_jax_models(repo: Path) -> None:
+    """Missing, corrupt and contradicting JAX models, and one without its params.npz."""
+    _config(repo / "missing_jax", "platform: jax\nmax_batch_size: 8\n")
+    (repo / "missing_jax" / "1").mkdir()
+    doubling_jax(repo, "corrupt_jax")
+    (repo / "corrupt_jax" / "1" / "model.jax").write_bytes(b"not a flatbuffer at all")
+    doubling_jax(repo, "contradicts_jax")
+    (repo / "contradicts_jax" / "config.yaml").write_text(
+        "platform: jax\nmax_batch_size: 8\ninputs: [{name: x, datatype: INT32, shape: [4]}]\n")
+    doubling_jax(repo, "no_params_jax")
+    (repo / "no_params_jax" / "1" / "params.npz").unlink()
+
+
+GPU = "instances: {count: 1, device: 'cuda:0'}\n"
+
+
+def gpu_models(repo: Path) -> None:
+    """A torch and a JAX model configured for ``cuda:0`` (gpu_savedmodel comes with tensorflow_models)."""
+    failing_torchscript(repo, "gpu_torchscript", GPU)
+    failing_torch_export(repo, "gpu_torch_export", GPU)
+    doubling_jax(repo, "gpu_jax", GPU)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    slow_savedmodel(target)
+    failing_savedmodel(target)
+    broken_savedmodels(target)
+    failing_savedmodel(target, "gpu_savedmodel", GPU)
+
