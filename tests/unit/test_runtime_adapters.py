@@ -1,0 +1,137 @@
+"""The runtime adapters in-process, without a server: buckets, input binding, output mapping, CPU fallbacks.
+
+torch and JAX are imported here (they coexist with the test process); TensorFlow is not (see
+tests/framework_models.py), so the SavedModel adapter is tested through the servers only.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from gateway.workers.ipc import LoadModel
+from runtimes.base import ModelLoadError, batch_buckets, bucket_for, pad_rows
+from tests.helpers import load_script
+
+
+def test_buckets_are_powers_of_two_or_the_preferred_sizes_and_always_reach_the_maximum() -> None:
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(0) == ()
+    assert batch_buckets(64, [24, 8, 100]) == (8, 24, 64)
+    assert bucket_for(1, (8, 24, 64)) == 8 and bucket_for(9, (8, 24, 64)) == 24 and bucket_for(64, (8, 24, 64)) == 64
+
+
+def test_padding_appends_zero_rows_and_keeps_the_dtype() -> None:
+    x = np.arange(6, dtype=np.int16).reshape(3, 2)
+    padded = pad_rows(x, 5)
+    assert padded.dtype == np.int16 and padded.shape == (5, 2)
+    assert np.array_equal(padded[:3], x) and not padded[3:].any()
+    assert pad_rows(x, 3) is x
+
+
+def _spec(path: Path, platform: str, **kwargs: object) -> LoadModel:
+    fields: dict[str, object] = {"key": "m:1", "model_name": "m", "path": str(path), "platform": platform,
+                                 "max_batch_size": 64, "device": "cpu", "instances": 1,
+                                 "parameters": {"intra_op_threads": 1}, **kwargs}
+    return LoadModel(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def build() -> types.ModuleType:
+    return load_script("build_model_repo")
+
+
+@pytest.fixture(scope="module")
+def digits(build: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The example models in torch and JAX formats, the digits test inputs and the numpy reference logits."""
+    repo = tmp_path_factory.mktemp("adapters")
+    build.build_repo(repo, formats=["torchscript", "torch_export", "jax"])
+    x, _ = build.digits_test_split()
+    return repo, x, build.numpy_forward(build.train_digits_mlp(), x)
+
+
+def test_jax_pads_to_the_preferred_sizes_and_compiles_only_at_load(
+    digits: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
+    from runtimes.jax import JaxAdapter
+
+    repo, x, reference = digits
+    adapter = JaxAdapter(_spec(repo / "digits_jax" / "1", "jax", preferred_batch_sizes=(24, 3)))
+    assert adapter.buckets == (3, 24, 64)
+    assert adapter.warmup_compiles == 3
+    for rows in (1, 2, 3, 4, 23, 24, 25, 63, 64):
+        logits = adapter.execute({"input": x[:rows]}, ["logits"])["logits"]
+        assert logits.shape == (rows, 10)
+        np.testing.assert_allclose(logits, reference[:rows], rtol=0, atol=1e-5)
+    assert adapter.serving_compiles == 0
+    signature = adapter.signature()
+    assert [(t.name, t.datatype, t.shape) for t in signature.inputs] == [("input", "FP32", (-1, 64))]
+    assert [(t.name, t.datatype, t.shape) for t in signature.outputs] == [("logits", "FP32", (-1, 10))]
+
+
+@pytest.mark.parametrize(("platform", "folder"), [("torchscript", "digits_torchscript"),
+                                                  ("torch_export", "digits_torch_export")])
+def test_torch_adapters_match_the_reference(digits: tuple[Path, np.ndarray, np.ndarray], platform: str,
+                                            folder: str) -> None:
+    from runtimes.torch_export import TorchExportAdapter
+    from runtimes.torchscript import TorchScriptAdapter
+
+    repo, x, reference = digits
+    cls = TorchScriptAdapter if platform == "torchscript" else TorchExportAdapter
+    adapter = cls(_spec(repo / folder / "1", platform, inputs=[("input", "FP32")], outputs=[("logits", "FP32")]))
+    read_only = x.copy()
+    read_only.flags.writeable = False  # as arrays over a request's bytes can be
+    logits = adapter.execute({"input": read_only}, ["logits"])["logits"]
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-5)
+
+
+def test_torchscript_binds_inputs_by_name_or_position_and_maps_outputs(tmp_path: Path) -> None:
+    import torch
+
+    from runtimes.torchscript import TorchScriptAdapter
+
+    class Pair(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return a - b, (a * b).to(torch.bfloat16)
+
+    path = tmp_path / "1" / "model.pt"
+    path.parent.mkdir()
+    torch.jit.save(torch.jit.script(Pair()), str(path))
+    a = np.array([[5.0, 6.0]], np.float32)
+    b = np.array([[1.0, 2.0]], np.float32)
+    outputs = [("difference", "FP32"), ("product", "BF16")]
+    by_name = TorchScriptAdapter(_spec(path.parent, "torchscript", inputs=[("b", "FP32"), ("a", "FP32")],
+                                       outputs=outputs))
+    result = by_name.execute({"a": a, "b": b}, ["difference", "product"])
+    assert result["difference"].tolist() == [[4.0, 4.0]]
+    assert result["product"].dtype == ml_dtypes.bfloat16 and result["product"].astype(np.float32).tolist() == [[5, 12]]
+    positional = TorchScriptAdapter(_spec(path.parent, "torchscript", inputs=[("x", "FP32"), ("y", "FP32")],
+                                          outputs=outputs))
+    assert positional.execute({"x": a, "y": b}, ["difference"])["difference"].tolist() == [[4.0, 4.0]]
+    wrong_type = TorchScriptAdapter(_spec(path.parent, "torchscript", inputs=[("a", "FP32"), ("b", "FP32")],
+                                          outputs=[("difference", "FP32"), ("product", "FP32")]))
+    with pytest.raises(RuntimeError, match="output 'product' is BF16 but the config says FP32"):
+        wrong_type.execute({"a": a, "b": b}, ["product"])
+    with pytest.raises(ModelLoadError, match="takes 2 input"):
+        TorchScriptAdapter(_spec(path.parent, "torchscript", inputs=[("a", "FP32")], outputs=outputs))
+    with pytest.raises(ModelLoadError, match="the config must list the inputs"):
+        TorchScriptAdapter(_spec(path.parent, "torchscript"))
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_load_error(digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    from runtimes.jax import JaxAdapter
+    from runtimes.torchscript import TorchScriptAdapter
+
+    repo, _, _ = digits
+    with pytest.raises(ModelLoadError, match="device cuda:0 requested, but torch"):
+        TorchScriptAdapter(_spec(repo / "digits_torchscript" / "1", "torchscript", device="cuda:0",
+                                 inputs=[("input", "FP32")], outputs=[("logits", "FP32")]))
+    with pytest.raises(ModelLoadError, match="device cuda:0 requested, but this jaxlib has no CUDA backend"):
+        JaxAdapter(_spec(repo / "digits_jax" / "1", "jax", device="cuda:0"))
