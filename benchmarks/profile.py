@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 RATE = 100
+#: Inclusive listings skip frames found in at least this share of the samples (the stack's root).
+ROOT_SHARE = 0.9
 
 
 def executable() -> str | None:
@@ -52,9 +54,11 @@ def summarize(path: Path, duration: float, top: int = 12) -> dict[str, Any]:
             inclusive[frame] += count
     if not total:
         return {"samples": 0, "busy": 0.0, "self": [], "inclusive": []}
+    # Frames on (nearly) every stack (runpy, main, the event loop's run) say nothing: leave them out.
+    telling = [(name, n) for name, n in inclusive.most_common() if n < ROOT_SHARE * total]
     return {
         "samples": total,
         "busy": total / (RATE * max(1, round(duration))),
         "self": [(name, n / total) for name, n in own.most_common(top)],
-        "inclusive": [(name, n / total) for name, n in inclusive.most_common(top)],
+        "inclusive": [(name, n / total) for name, n in telling[:top]],
     }

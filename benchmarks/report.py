@@ -70,6 +70,8 @@ class Point:
     loadgen_cpu_s: float
     gateway_cpu_s: float | None
     workers_cpu_s: float | None
+    #: The machine's busy CPU seconds during the run minus the three above: other work sharing the cores.
+    other_cpu_s: float | None
     error_samples: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
     profile: dict[str, Any] | None = None
@@ -128,15 +130,21 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 def served_table(points: list[Point]) -> str:
     head = ("| model | protocol | conc | generator | requests | errors | req/s | infer/s | p50 ms | p90 ms "
-            "| p99 ms | mean batch | queue ms | compute ms/batch | CPU s loadgen | CPU s gateway | CPU s workers |")
+            "| p99 ms | mean batch | queue ms | compute ms/batch | CPU s loadgen | CPU s gateway | CPU s workers "
+            "| CPU s other | gateway CPU µs/req |")
     rows = [head, _rule(head)]
     for p in points:
         rows.append(f"| {p.model} | {p.protocol} | {p.concurrency} | {p.generator} | {p.requests:,} | {p.errors:,} "
                     f"| {_f(p.requests_per_s)} | {_f(p.inferences_per_s)} | {_f(p.p50_ms, 2)} | {_f(p.p90_ms, 2)} "
                     f"| {_f(p.p99_ms, 2)} | {_f(p.mean_batch, 2)} | {_f(p.server_queue_ms, 2)} "
                     f"| {_f(p.server_compute_ms, 2)} | {_f(p.loadgen_cpu_s)} | {_f(p.gateway_cpu_s)} "
-                    f"| {_f(p.workers_cpu_s)} |")
+                    f"| {_f(p.workers_cpu_s)} | {_f(p.other_cpu_s)} "
+                    f"| {_f(_per_request_us(p.gateway_cpu_s, p.requests), 0)} |")
     return "\n".join(rows)
+
+
+def _per_request_us(cpu_s: float | None, requests: int) -> float | None:
+    return None if cpu_s is None or not requests else cpu_s / requests * 1e6
 
 
 def _rule(head: str) -> str:
@@ -211,7 +219,9 @@ def markdown(report: Report, png_name: str | None) -> str:
     out += ["", "## Served", "", "Closed loop: each client sends its next request when its reply arrives. "
             "Latency is measured by the load generator; batch sizes, queue and compute times come from the "
             "server's statistics (`/v2/models/{m}/stats`) over the run; CPU seconds are user + system "
-            "from `/proc` (the gateway process with all its threads, the runtime workers, and the load generator).",
+            "from `/proc` (the gateway process with all its threads, the runtime workers, and the load generator); "
+            "*CPU s other* is the machine's busy time during the run minus those three: other work that "
+            "shared the cores (the harness's own once-a-second progress poll included).",
             "", served_table(report.points)]
     if report.offline:
         out += ["", "## Against the model's offline limit", "",

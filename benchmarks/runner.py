@@ -206,8 +206,10 @@ def measure_point(cfg: RunConfig, spec: ModelSpec, served: str, payload: Payload
             if spy is not None:
                 profilers[name] = (spy, out)
     started = time.monotonic()
+    machine_before = system.machine_busy_seconds()
     stdout, stderr, code, loadgen_cpu = run_child(command, _progress(cfg, label, target, served, before, started),
                                                   interrupt_after=interrupt)
+    machine_busy = system.machine_busy_seconds() - machine_before
     after = stats.fetch(target.http_url, served)
     gateway_after, workers_after = _server_cpu(target.gateway_pid)
     if cfg.progress.isatty():
@@ -224,6 +226,8 @@ def measure_point(cfg: RunConfig, spec: ModelSpec, served: str, payload: Payload
             if out.exists():
                 profile[name] = pyspy.summarize(out, cfg.duration or 10.0)
     elapsed = result.elapsed_s or 1e-9
+    gateway_cpu = _minus(gateway_after, gateway_before)
+    workers_cpu = _minus(workers_after, workers_before)
     ok = result.requests - result.errors
     point = Point(
         model=served, base_model=spec.name, format=cfg.fmt, protocol=payload.protocol, concurrency=concurrency,
@@ -233,7 +237,9 @@ def measure_point(cfg: RunConfig, spec: ModelSpec, served: str, payload: Payload
         max_ms=result.max_ms, executions=delta.executions, mean_batch=delta.mean_batch,
         batch_histogram=delta.histogram(), server_queue_ms=delta.mean_queue_ms,
         server_compute_ms=delta.mean_compute_ms, server_failures=delta.fail, loadgen_cpu_s=loadgen_cpu,
-        gateway_cpu_s=_minus(gateway_after, gateway_before), workers_cpu_s=_minus(workers_after, workers_before),
+        gateway_cpu_s=gateway_cpu, workers_cpu_s=workers_cpu,
+        other_cpu_s=None if gateway_cpu is None or workers_cpu is None else
+        max(0.0, machine_busy - loadgen_cpu - gateway_cpu - workers_cpu),
         error_samples=result.error_samples if result.errors else [], profile=profile,
     )
     cfg.progress.write(f"  {label}: {point.requests_per_s:,.1f} req/s, {point.inferences_per_s:,.1f} infer/s, "

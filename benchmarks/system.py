@@ -25,6 +25,13 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (everything in /proc/stat but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system_, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system_ + irq + softirq + steal) / _CLOCK_TICKS
+
+
 def children(pid: int) -> list[int]:
     """The direct children of ``pid``."""
     found: list[int] = []

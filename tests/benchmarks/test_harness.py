@@ -81,7 +81,7 @@ def test_full_run_through_the_cli(tmp_path: Path, cache: Path) -> None:
         assert max(histogram) <= p["concurrency"]
         assert p["mean_batch"] == pytest.approx(sum(s * n for s, n in histogram.items()) / p["executions"])
         # /proc counts in clock ticks, so a CI-sized run may read 0 s; only presence is checked.
-        assert min(p["loadgen_cpu_s"], p["gateway_cpu_s"], p["workers_cpu_s"]) >= 0
+        assert min(p["loadgen_cpu_s"], p["gateway_cpu_s"], p["workers_cpu_s"], p["other_cpu_s"]) >= 0
         comparison = p["comparison"]
         assert comparison["reference_batch"] == p["concurrency"]
         assert comparison["offline_rows_s_at_reference"] > 0 and comparison["offline_rows_s_at_server_batches"] > 0
@@ -134,7 +134,7 @@ def test_comparison_with_the_offline_limit() -> None:
                   inferences_per_s=100.0, p50_ms=12.0, p90_ms=13.0, p99_ms=20.0, mean_ms=12.0, max_ms=25.0,
                   executions=30, mean_batch=10 / 3, batch_histogram={2: 10, 4: 20}, server_queue_ms=1.0,
                   server_compute_ms=8.0, server_failures=0, loadgen_cpu_s=0.1, gateway_cpu_s=0.5,
-                  workers_cpu_s=0.5)
+                  workers_cpu_s=0.5, other_cpu_s=0.0)
     c = compare(point, Offline("fw", 1, {1: 5.0, 2: 6.0, 4: 10.0}), max_batch_size=64)
     assert c.reference_batch == 4
     assert c.offline_rows_s_at_reference == pytest.approx(400.0)
