@@ -10,8 +10,15 @@ the recent past. When an instance is idle and fewer rows are queued than the loo
 (minus those still executing elsewhere, whose clients cannot come back yet), it waits for
 them — but only while they can be expected (within a few recent inter-arrival gaps of the
 last arrival, or a couple of client turnaround times of the last completed batch, whose
-clients are on their way back) and never past the max queue delay of the oldest queued
-request. At concurrency 1 the loop holds one row, so a lone request is sent at once.
+clients are on their way back) and never holds the oldest queued request back by more than
+the max queue delay. At concurrency 1 the loop holds one row, so a lone request is sent at once.
+
+The max queue delay bounds the delay the batcher *chooses*: it counts from when the oldest
+request could first have been sent — its arrival, or the moment an instance came free while it
+waited — not the time it spent behind a busy instance, which any rule would have cost it.
+Counting that time too would lock a closed loop into the split it exists to prevent: the one
+client that missed a batch waits a whole batch for the next, so its budget is always spent
+when the instance frees, and it leaves alone again.
 """
 
 from dataclasses import dataclass
@@ -80,7 +87,7 @@ class BatchWindow:
         """Send now, or how long to wait for more rows, given an idle instance and a non-empty queue."""
         if queued_rows >= self.max_batch_size or self.max_delay_s <= 0:
             return Decision(0.0)
-        budget_end = oldest_enqueued + self.max_delay_s
+        budget_end = max(oldest_enqueued, self._last_completion) + self.max_delay_s
         if now >= budget_end or queued_rows >= self.target(running_rows):
             return Decision(0.0)
         stall_end = max(self._last_arrival + max(MIN_STALL_S, STALL_GAPS * self._gap),

@@ -77,26 +77,35 @@ def staggered(client: int) -> float:
     return 0.0003 + 0.0001 * client
 
 
+def slow_clients(client: int) -> float:
+    """A loaded client machine: 2 ms to turn around, returns 250 µs apart."""
+    return 0.002 + 0.00025 * client
+
+
 #: Batch cost models: per-batch overhead plus per-row compute (seconds).
 COMPUTE_BOUND = {"fixed": 0.0002, "per_row": 0.0016}    # like mlp_large: ~26 ms for 16 rows
 OVERHEAD_BOUND = {"fixed": 0.0010, "per_row": 0.00005}  # like mlp_small: the batch's fixed cost dominates
+FIXED_COST = {"fixed": 0.0050, "per_row": 0.0}          # like the tests' delay model: 5 ms whatever the rows
+MODELS = [COMPUTE_BOUND, OVERHEAD_BOUND, FIXED_COST]
+MODEL_IDS = ["compute-bound", "overhead-bound", "fixed-cost"]
 
 
 def cost(model: dict[str, float]) -> Callable[[int], float]:
     return lambda rows: model["fixed"] + model["per_row"] * rows
 
 
-@pytest.mark.parametrize("model", [COMPUTE_BOUND, OVERHEAD_BOUND], ids=["compute-bound", "overhead-bound"])
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 def test_naive_rule_splits_a_closed_loop(model: dict[str, float]) -> None:
     steady = simulate(16, cost(model), staggered, naive, None)[20:]
     assert min(steady) <= 4
     assert sum(steady) / len(steady) < 10
 
 
-@pytest.mark.parametrize("model", [COMPUTE_BOUND, OVERHEAD_BOUND], ids=["compute-bound", "overhead-bound"])
-def test_window_keeps_a_closed_loop_together(model: dict[str, float]) -> None:
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
+@pytest.mark.parametrize("turnaround", [staggered, slow_clients], ids=["fast-clients", "slow-clients"])
+def test_window_keeps_a_closed_loop_together(model: dict[str, float], turnaround: Callable[[int], float]) -> None:
     window = BatchWindow(max_batch_size=16, max_delay_s=0.005, preferred=[])
-    steady = simulate(16, cost(model), staggered, windowed(window), window)[20:]
+    steady = simulate(16, cost(model), turnaround, windowed(window), window)[20:]
     assert steady == [16] * len(steady)
 
 
@@ -107,6 +116,16 @@ def test_window_never_waits_past_the_oldest_requests_delay(clients: int) -> None
         window.arrived(i * 0.0001, i + 1)
     decision = window.decide(0.0100, 1, 0, oldest_enqueued=0.0085)
     assert decision.wait == 0  # the oldest request's 2 ms budget is spent
+
+
+def test_time_behind_a_busy_instance_does_not_count_against_the_delay() -> None:
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.002, preferred=[])
+    window.arrived(0.000, 16)   # sixteen rows in the loop
+    window.arrived(0.001, 1)    # one request arrives while the instance runs a batch
+    window.completed(0.030)     # the batch ends 29 ms later; its 15 clients are on their way back
+    decision = window.decide(0.030, 1, 0, oldest_enqueued=0.001)
+    assert 0 < decision.wait <= 0.002  # waits for them, at most 2 ms from the instance coming free
+    assert window.decide(0.0321, 1, 0, oldest_enqueued=0.001).wait == 0
 
 
 def test_a_lone_client_is_never_delayed() -> None:
