@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import httpx
@@ -151,39 +148,3 @@ def test_killed_worker_fails_in_flight_requests_and_comes_back(fault_server: Ser
     metrics = httpx.get(fault_server.metrics_url).text
     assert 'tensorgate_worker_restarts_total{framework="onnxruntime"} 1.0' in metrics
     assert "event=worker_exited" in fault_server.log()
-
-
-def test_gateway_process_imports_no_framework(tmp_path: Path) -> None:
-    """Run the real server in-process in a child interpreter and list what it imported."""
-    repo = tmp_path / "repo"
-    model_factory.flat_identity_model(repo)
-    server = ServerProcess(repo)
-    script = f"""
-import asyncio, os, signal, sys, urllib.request
-from pathlib import Path
-from gateway.server import serve
-from gateway.settings import Settings
-
-async def main():
-    task = asyncio.create_task(serve(Settings(model_repo=Path({str(repo)!r}), http_port={server.http_port},
-                                              grpc_port={server.grpc_port}, metrics_port={server.metrics_port})))
-    for _ in range(600):
-        await asyncio.sleep(0.05)
-        try:
-            await asyncio.to_thread(urllib.request.urlopen, "http://127.0.0.1:{server.http_port}/v2/health/ready")
-            break
-        except OSError:
-            pass
-    body = '{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}]}}'.encode()
-    request = urllib.request.Request("http://127.0.0.1:{server.http_port}/v2/models/flat_identity/infer", body)
-    assert (await asyncio.to_thread(urllib.request.urlopen, request)).status == 200
-    print(sorted(m for m in ("onnxruntime", "torch", "tensorflow", "jax", "onnx") if m in sys.modules))
-    os.kill(os.getpid(), signal.SIGTERM)
-    await task
-
-asyncio.run(main())
-"""
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
-                         env={**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"})
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == "[]"
