@@ -86,8 +86,8 @@ def test_dashboard_shows_what_issue_5_asks_for() -> None:
     by_title = {panel["title"]: panel for panel in panels(load_dashboard())}
     for wanted in ("Request rate per model", "Error ratio per model", "Request latency p50 / p95 / p99",
                    "Queue wait vs compute (mean)", "Batch size distribution", "Mean batch size",
-                   "Queue depth (busiest server)", "In-flight requests", "Model state",
-                   "Worker restarts and workers up", "Resident memory per process", "CPU per process"):
+                   "Queue depth (busiest server)", "In-flight requests", "Model state", "Workers up",
+                   "Worker restarts", "Resident memory per process", "CPU per process"):
         assert wanted in by_title, wanted
     latency = [target["expr"] for target in by_title["Request latency p50 / p95 / p99"]["targets"]]
     assert [re.match(r"histogram_quantile\(([\d.]+),", expr)[1] for expr in latency] == ["0.5", "0.95", "0.99"]  # type: ignore[index]

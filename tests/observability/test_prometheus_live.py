@@ -91,13 +91,13 @@ def test_prometheus_computes_p99_rate_and_batch_size_from_a_live_server(
     p50 = prometheus.value("histogram_quantile(0.5, sum by (le) "
                            f"(rate(tensorgate_request_duration_seconds_bucket{{{MODEL}}}[5m])))")
     assert finite(p99) and 0 < p50 <= p99 < REQUEST_TIMEOUT, (p50, p99)
-    recorded_p99 = prometheus.value(f"namespace_job_model:tensorgate_request_duration_seconds:p99_rate5m{{{MODEL}}}")
+    recorded_p99 = prometheus.value(f"namespace_job_model:tensorgate_request_duration_seconds:p99_rate2m{{{MODEL}}}")
     assert finite(recorded_p99) and 0 < recorded_p99 < REQUEST_TIMEOUT
 
     # Request rate: every outcome, and the recorded one.
     rate = prometheus.value(f"sum(rate(tensorgate_requests_total{{{MODEL}}}[5m]))")
     assert finite(rate) and rate > 0
-    recorded_rate = prometheus.value(f"namespace_job_model:tensorgate_requests:rate5m{{{MODEL}}}")
+    recorded_rate = prometheus.value(f"namespace_job_model:tensorgate_requests:rate2m{{{MODEL}}}")
     assert finite(recorded_rate) and recorded_rate > 0
 
     # Batch size: rows per execution, from the counters and from the batch size histogram.
@@ -105,7 +105,7 @@ def test_prometheus_computes_p99_rate_and_batch_size_from_a_live_server(
                  f"/ sum(rate(tensorgate_executions_total{{{MODEL}}}[5m]))",
                  f"sum(rate(tensorgate_batch_size_sum{{{MODEL}}}[5m])) "
                  f"/ sum(rate(tensorgate_batch_size_count{{{MODEL}}}[5m]))",
-                 f"namespace_job_model:tensorgate_batch_size:mean_rate5m{{{MODEL}}}"):
+                 f"namespace_job_model:tensorgate_batch_size:mean_rate2m{{{MODEL}}}"):
         batch = prometheus.value(expr)
         assert 1 <= batch <= MAX_BATCH_SIZE, (expr, batch)
     assert prometheus.value(f"sum(tensorgate_inferences_total{{{MODEL}}}) "

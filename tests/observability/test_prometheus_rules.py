@@ -57,7 +57,7 @@ def test_promtool_unit_tests_pass() -> None:
 def test_promtool_unit_tests_would_catch_a_changed_threshold(tmp_path: Any) -> None:
     """The unit tests are not vacuous: the same tests against rules whose p99 threshold is 3 s fail."""
     text = RULES.read_text()
-    changed = text.replace('p99_rate5m{model!=""} > 1\n', 'p99_rate5m{model!=""} > 3\n')
+    changed = text.replace('p99_rate2m{model!=""} > 1\n', 'p99_rate2m{model!=""} > 3\n')
     assert changed != text
     (tmp_path / "rules.yaml").write_text(changed)
     tests = yaml.safe_load(RULES_TEST.read_text())
@@ -108,7 +108,7 @@ def test_recording_rule_names_list_the_labels_they_keep() -> None:
 
 @pytest.mark.parametrize(("expr", "names"), [
     ('sum by (model, le) (rate(a_bucket{model=~"x|y", le!="+Inf"}[5m])) / on(model) group_left b', {"a_bucket", "b"}),
-    ("histogram_quantile(0.99, x:y:rate5m) > 1e-3 unless z offset 15m", {"x:y:rate5m", "z"}),
+    ("histogram_quantile(0.99, x:y:rate2m) > 1e-3 unless z offset 15m", {"x:y:rate2m", "z"}),
     ('increase(c_total[1h] offset 10m) > 0 or (d unless d offset 15m) and bool 1', {"c_total", "d"}),
 ])
 def test_metric_names_finds_the_selected_metrics(expr: str, names: set[str]) -> None:
