@@ -7,6 +7,7 @@ alerts the traffic calls for.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def test_prometheus_computes_p99_rate_and_batch_size_from_a_live_server(
     traffic = Traffic(observed_server)
     # Batches from 8 concurrent clients until Prometheus has seen the executions counter grow in
     # three scrapes, so every rate has samples to work with.
+    deadline = time.monotonic() + 120
     while not prometheus.query(f"changes(tensorgate_executions_total{{{MODEL}}}[1m]) >= 3"):
+        assert time.monotonic() < deadline, f"Prometheus saw no traffic:\n{prometheus.log()}"
         traffic.successes(BATCHING_MODEL, clients=8, per_client=8)
     # The server creates a (model, outcome) series with its first request, which rate() cannot
     # count (there is no earlier sample): errors once more after Prometheus has seen the series.
