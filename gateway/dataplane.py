@@ -80,10 +80,11 @@ class DataPlane:
         model, version, stats = "", "", None
         self.in_flight += 1
         try:
+            mv = self.models.get(request.model_name, request.model_version)
+            model, version = mv.name, "" if mv.version is None else str(mv.version)  # errors counted for it
             if self.draining:
                 raise Unavailable("the server is shutting down; send the request to another replica")
-            mv = self._ready_version(request.model_name, request.model_version)
-            model, version = mv.name, str(mv.version)
+            self._check_ready(mv)
             assert mv.signature is not None and mv.scheduler is not None
             stats = mv.scheduler.stats
             inputs, output_names, rows = validate_request(request, mv.signature, mv.config.max_batch_size, mv.name)
@@ -113,9 +114,13 @@ class DataPlane:
 
     def _ready_version(self, name: str, version: str | None) -> ModelVersion:
         mv = self.models.get(name, version)
+        self._check_ready(mv)
+        return mv
+
+    @staticmethod
+    def _check_ready(mv: ModelVersion) -> None:
         if mv.state is not State.READY:
             raise Unavailable(f"model {mv.label} is not ready ({mv.state.value}): {mv.reason}")
-        return mv
 
 
 def _tensor_metadata(spec: TensorSpec, batch: tuple[int, ...]) -> dict[str, Any]:

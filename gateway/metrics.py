@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.repository.manager import ModelManager
 
 OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout")
+PROTOCOLS = ("rest", "grpc")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -76,10 +77,15 @@ class _Collector(Collector):
         latency = HistogramMetricFamily("tensorgate_request_duration_seconds",
                                         "Latency of successful inference requests inside the server.",
                                         labels=["model", "version", "protocol"])
-        for (model, version, protocol), series in sorted(self._metrics.request_series().items()):
-            for outcome, count in sorted(series.outcomes.items()):
-                total.add_metric([model, version, protocol, outcome], count)
-            latency.add_metric([model, version, protocol], series.latency.cumulative(), series.latency.sum)
+        recorded = self._metrics.request_series()
+        # Every served version's series exist from its load on, at 0, so rate() sees the first request.
+        served = {(mv.name, str(mv.version), protocol) for mv in self._models.all_versions()
+                  if mv.version is not None for protocol in PROTOCOLS}
+        for key in sorted(served | set(recorded)):
+            series = recorded.get(key) or _RequestSeries()
+            for outcome in OUTCOMES:
+                total.add_metric([*key, outcome], series.outcomes.get(outcome, 0))
+            latency.add_metric(list(key), series.latency.cumulative(), series.latency.sum)
         yield total
         yield latency
 
@@ -88,6 +94,9 @@ class _Collector(Collector):
                                   labels=["model", "version"])
         depth = GaugeMetricFamily("tensorgate_queue_depth", "Requests waiting in the model version's queue.",
                                   labels=["model", "version"])
+        capacity = GaugeMetricFamily("tensorgate_queue_capacity",
+                                     "Requests the model version's queue holds before it rejects (max_queue_size).",
+                                     labels=["model", "version"])
         inflight = GaugeMetricFamily("tensorgate_inflight_requests",
                                      "Requests accepted by the scheduler and not yet answered (queued or running).",
                                      labels=["model", "version"])
@@ -115,6 +124,7 @@ class _Collector(Collector):
                 continue
             stats = mv.scheduler.stats
             depth.add_metric(labels, mv.scheduler.queued_requests)
+            capacity.add_metric(labels, mv.scheduler.max_queue_size)
             inflight.add_metric(labels, mv.scheduler.inflight_requests)
             queue.add_metric(labels, stats.queue_seconds.cumulative(), stats.queue_seconds.sum)
             for phase, histogram in stats.phase_seconds.items():
@@ -122,7 +132,7 @@ class _Collector(Collector):
             batch.add_metric(labels, stats.batch_rows.cumulative(), stats.batch_rows.sum)
             executions.add_metric(labels, stats.execution_count)
             inferences.add_metric(labels, stats.inference_count)
-        yield from (ready, depth, inflight, queue, compute, batch, executions, inferences, loads, load_time)
+        yield from (ready, depth, capacity, inflight, queue, compute, batch, executions, inferences, loads, load_time)
 
     def _workers(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("tensorgate_worker_up", "1 while the framework's runtime worker is running.",
@@ -136,8 +146,9 @@ class _Collector(Collector):
         for framework, pid in self._models.worker_pids().items():
             up.add_metric([framework], 1.0 if self._models.worker_alive(framework) else 0.0)
             processes[framework] = pid
-        for framework, count in self._models.restarts.items():
-            restarts.add_metric([framework], count)
+        restart_counts = self._models.restarts
+        for framework in sorted(set(processes) - {"gateway"} | set(restart_counts)):
+            restarts.add_metric([framework], restart_counts.get(framework, 0))
         for name, pid in processes.items():
             usage = _process_usage(pid)
             if usage is not None:

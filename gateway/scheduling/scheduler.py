@@ -61,7 +61,7 @@ class Scheduler:
         self._levels = config.priority_levels
         self._default_priority = min(config.default_priority, self._levels)
         self._default_timeout_s = config.default_timeout_ms / 1000
-        self._max_queue = config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
+        self.max_queue_size = config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
         self._queues: list[deque[_Pending]] = [deque() for _ in range(self._levels)]
         self._window = BatchWindow(max_batch_size, config.max_queue_delay_ms / 1000, config.preferred_batch_sizes)
         self._idle = instances
@@ -78,8 +78,8 @@ class Scheduler:
         level = priority or self._default_priority
         if not 1 <= level <= self._levels:
             raise InvalidRequest(f"priority must be between 1 (highest) and {self._levels} for model {self.label}")
-        if self.queued_requests >= self._max_queue:
-            raise Unavailable(f"model {self.label}: the queue is full ({self._max_queue} requests); retry later")
+        if self.queued_requests >= self.max_queue_size:
+            raise Unavailable(f"model {self.label}: the queue is full ({self.max_queue_size} requests); retry later")
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
                            time.monotonic_ns(), loop.create_future())
