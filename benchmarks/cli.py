@@ -74,10 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                      help="HTTP load from wrk (auto: when installed) or the Python client")
     gen.add_argument("--wrk-threads", type=int, default=1)
+    gen.add_argument("--grpc-client", choices=["aio", "sync"], default="aio",
+                     help="gRPC load from grpc.aio (default) or blocking calls in threads")
     gen.add_argument("--no-offline", action="store_true", help="skip the offline measurement")
     gen.add_argument("--offline-time", type=float, default=0.5, help="seconds of offline calls per batch size")
-    gen.add_argument("--profile", action="store_true",
-                     help="sample the gateway and workers with py-spy during each point")
+    gen.add_argument("--profile", nargs="?", const="python", choices=["python", "native"], default=None,
+                     help="sample the gateway and workers with py-spy during each point "
+                          "('native': include C/C++ frames, e.g. uvloop, grpc, onnxruntime)")
     gen.add_argument("--output-dir", type=Path, default=None, help="default benchmarks/results")
     gen.add_argument("--name", default="", help="file name stem of the results (default: a timestamp)")
     gen.add_argument("--title", default="", help="the results file's title")
@@ -106,8 +109,10 @@ def main(args: argparse.Namespace | list[str] | None = None, argv: list[str] | N
         options=ServingOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                instances=args.instances, threads=args.threads),
         url=args.url, grpc_target=args.grpc_target, server_pid=args.server_pid, loadgen=args.loadgen,
-        wrk_threads=args.wrk_threads, offline=not args.no_offline, offline_time=args.offline_time,
-        name=args.name, title=args.title, profile=args.profile, command=command,
+        wrk_threads=args.wrk_threads, grpc_client=args.grpc_client, offline=not args.no_offline,
+        offline_time=args.offline_time,
+        name=args.name, title=args.title, profile=args.profile is not None,
+        profile_native=args.profile == "native", command=command,
     )
     if args.requests is None and args.duration is None:
         cfg.duration = 15.0

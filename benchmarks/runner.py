@@ -47,6 +47,8 @@ class RunConfig:
     grpc_target: str | None = None
     server_pid: int | None = None
     loadgen: str = "auto"
+    #: gRPC client: "aio" (grpc.aio) or "sync" (blocking calls, one thread per client).
+    grpc_client: str = "aio"
     wrk_threads: int = 1
     offline: bool = True
     offline_time: float = 0.5
@@ -54,6 +56,7 @@ class RunConfig:
     name: str = ""
     title: str = ""
     profile: bool = False
+    profile_native: bool = False
     command: str = ""
     #: Where built models are cached (benchmarks/model_repo).
     cache: Path = CACHE
@@ -150,7 +153,8 @@ def loadgen_command(cfg: RunConfig, payload: Payload, body_file: Path, served: s
                     requests: int | None) -> tuple[list[str], tuple[bytes, int] | None]:
     """The load generator's command line, and when to interrupt it (wrk with a request count)."""
     if payload.protocol == "grpc":
-        command = [sys.executable, "-m", "benchmarks.loadgen", "grpc", "--target", target.grpc_target]
+        kind = "grpc-sync" if cfg.grpc_client == "sync" else "grpc"
+        command = [sys.executable, "-m", "benchmarks.loadgen", kind, "--target", target.grpc_target]
     else:
         path = f"/v2/models/{served}/infer"
         if _use_wrk(cfg):
@@ -202,7 +206,7 @@ def measure_point(cfg: RunConfig, spec: ModelSpec, served: str, payload: Payload
         pids = {"gateway": target.gateway_pid} | {f"worker {pid}": pid for pid in worker_pids(target.gateway_pid)}
         for name, pid in pids.items():
             out = profile_dir / f"{served}-{payload.protocol}-c{concurrency}-{name.replace(' ', '')}.txt"
-            spy = pyspy.start(pid, seconds, out)
+            spy = pyspy.start(pid, seconds, out, native=cfg.profile_native)
             if spy is not None:
                 profilers[name] = (spy, out)
     started = time.monotonic()
@@ -224,7 +228,11 @@ def measure_point(cfg: RunConfig, spec: ModelSpec, served: str, payload: Payload
         for name, (spy, out) in profilers.items():
             spy.wait(timeout=(cfg.duration or 10.0) + 30)
             if out.exists():
-                profile[name] = pyspy.summarize(out, cfg.duration or 10.0)
+                profile[name] = pyspy.summarize(out, cfg.duration or 10.0, native=cfg.profile_native)
+            else:
+                log = out.with_suffix(".log")
+                why = log.read_text(errors="replace").strip() if log.exists() else "no output"
+                cfg.progress.write(f"  py-spy on the {name} failed: {why[-500:]}\n")
     elapsed = result.elapsed_s or 1e-9
     gateway_cpu = _minus(gateway_after, gateway_before)
     workers_cpu = _minus(workers_after, workers_before)

@@ -158,3 +158,6 @@ def test_stats_delta_and_profile_summary(tmp_path: Path) -> None:
     assert summary["samples"] == 40 and summary["busy"] == pytest.approx(0.4)
     assert summary["self"][0] == ("parse (c.py)", 0.75)
     assert summary["inclusive"] == [("parse (c.py)", 0.75)]  # frames on every stack are left out
+    native = tmp_path / "native.txt"
+    native.write_text("run (loop.c);epoll_wait (libc.so.6) 60\nrun (loop.c);handle (app.py);writev (libc.so.6) 40\n")
+    assert summarize(native, duration=1.0, native=True)["self"] == [("writev (libc.so.6)", 1.0)]
