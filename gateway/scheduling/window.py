@@ -23,8 +23,10 @@ when the instance frees, and it leaves alone again.
 
 from dataclasses import dataclass
 
-#: How long a peak of in-system rows is remembered once the load drops below it.
-PEAK_MEMORY_S = 1.0
+#: How long a peak of in-system rows is remembered once the load drops below it. A steady
+#: loop refreshes its peak every batch; after the load drops, requests may be held for the old
+#: peak (within the delay budget) this long.
+PEAK_MEMORY_S = 0.2
 #: Arrivals have stalled when none came for this many recent inter-arrival gaps.
 STALL_GAPS = 4.0
 #: Clients of a finished batch are expected back within this many recent turnaround times.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.scheduling.window import BatchWindow
+from gateway.scheduling.window import PEAK_MEMORY_S, BatchWindow
 
 Rule = Callable[[float, int, int, float], float]
 
@@ -163,3 +163,19 @@ def test_zero_delay_is_the_naive_rule() -> None:
     window = BatchWindow(max_batch_size=16, max_delay_s=0.0, preferred=[])
     window.arrived(0.0, 16)
     assert window.decide(0.0, 1, 0, 0.0).wait == 0
+
+
+def test_a_shrunken_loop_is_forgotten_after_the_peak_memory() -> None:
+    """Two clients, then one: within PEAK_MEMORY_S the lone client may wait for its partner;
+    after it, it is sent at once."""
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.005, preferred=[])
+    now = 0.0
+    for _ in range(20):  # two clients in lockstep
+        window.arrived(now, 1)
+        window.arrived(now + 0.0001, 2)
+        window.completed(now + 0.001)
+        now += 0.0013
+    later = now + PEAK_MEMORY_S + 0.001
+    window.completed(later - 0.0003)
+    window.arrived(later, 1)
+    assert window.decide(later, 1, 0, later).wait == 0
