@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks.server import BenchServer, free_port
+from benchmarks.system import cmdline
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "helm" / "tensorgate" / "files" / "grafana-dashboard.json"
 RULES = ROOT / "helm" / "tensorgate" / "files" / "prometheus-rules.yaml"
@@ -48,13 +50,6 @@ JOB = "tensorgate"
 SCRAPE_SECONDS = 5
 #: Every n-th request of a client names a wrong input (400): the error panel's client errors.
 BAD_REQUEST_EVERY = 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Any, what: str, timeout: float) -> None:
@@ -70,47 +65,6 @@ def wait_until(check: Any, what: str, timeout: float) -> None:
 
 
 # --- the server and Prometheus ------------------------------------------------------------------
-
-@dataclass
-class Server:
-    repo: Path
-    workdir: Path
-    http_port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--model-repo", str(self.repo),
-                   "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                   "--metrics-port", str(self.metrics_port), "--log-level", "warning"]
-        with (self.workdir / "server.log").open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.get(f"{self.url}/v2/health/ready").status_code == 200,
-                   "the server is not ready", 600)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def worker_pid(self, framework: str) -> int:
-        assert self.process is not None
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if b"runtimes.worker" in argv and framework.encode() in argv:
-                    return int(child)
-        raise LookupError(f"no {framework} worker")
-
 
 @dataclass
 class Prometheus:
@@ -164,14 +118,22 @@ class Prometheus:
 
 
 @contextmanager
-def running(server: Server, prometheus: Prometheus) -> Iterator[None]:
+def running(server: BenchServer, prometheus: Prometheus) -> Iterator[None]:
     try:
-        server.start()
+        server.start(timeout=600)  # five frameworks on two busy cores
         prometheus.start()
         yield
     finally:
         prometheus.stop()
         server.stop()
+
+
+def worker_pid(server: BenchServer, framework: str) -> int:
+    """The pid of the server's runtime worker for ``framework``."""
+    for pid in server.worker_pids():
+        if framework in cmdline(pid).split():
+            return pid
+    raise LookupError(f"no {framework} worker")
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -201,15 +163,15 @@ def client(url: str, bodies: tuple[bytes, bytes], stop: threading.Event) -> None
                 http.post(url, content=body, headers=headers)
 
 
-def drive(server: Server, models: list[str], levels: list[int], step: float,
+def drive(server: BenchServer, models: list[str], levels: list[int], step: float,
           kill: str | None) -> list[tuple[float, str]]:
     """Run each concurrency level for ``step`` seconds; return (time, label) of each event."""
-    bodies = {model: request_bodies(server.url, model) for model in models}
+    bodies = {model: request_bodies(server.http_url, model) for model in models}
     events = []
     for index, level in enumerate(levels):
         stop = threading.Event()
         threads = [threading.Thread(target=client, daemon=True,
-                                    args=(f"{server.url}/v2/models/{model}/infer", bodies[model], stop))
+                                    args=(f"{server.http_url}/v2/models/{model}/infer", bodies[model], stop))
                    for model in models for _ in range(level)]
         events.append((time.time(), f"{level} client{'s' if level > 1 else ''}/model"))
         print(f"{datetime.now():%H:%M:%S} {level} concurrent clients per model for {step:.0f} s", flush=True)
@@ -217,7 +179,7 @@ def drive(server: Server, models: list[str], levels: list[int], step: float,
             thread.start()
         if kill and index == len(levels) - 1:
             time.sleep(step / 2)
-            os.kill(server.worker_pid(kill), signal.SIGKILL)
+            os.kill(worker_pid(server, kill), signal.SIGKILL)
             events.append((time.time(), f"{kill} worker killed"))
             print(f"{datetime.now():%H:%M:%S} killed the {kill} worker", flush=True)
             time.sleep(step / 2)
@@ -441,11 +403,12 @@ def record(args: argparse.Namespace, dashboard: dict[str, Any]) -> dict[str, Any
     levels = [int(level) for level in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="render-dashboard-") as tmp:
         workdir = Path(tmp)
-        server = Server(args.model_repo.resolve(), workdir)
+        server = BenchServer(args.model_repo.resolve(), workdir / "server.log")
         prometheus = Prometheus(workdir, f"127.0.0.1:{server.metrics_port}")
         with running(server, prometheus):
+            index = httpx.get(f"{server.http_url}/v2/models").json()["models"]
             models = args.models.split(",") if args.models else sorted(
-                {m["name"] for m in httpx.get(f"{server.url}/v2/models").json()["models"] if m["state"] == "READY"})
+                {m["name"] for m in index if m["state"] == "READY"})
             time.sleep(2 * SCRAPE_SECONDS)
             events = drive(server, models, levels, args.step_seconds, args.kill_worker or None)
             time.sleep(args.tail_seconds)

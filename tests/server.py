@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.server import free_port, worker_pids
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -72,13 +66,7 @@ class ServerProcess:
     def worker_pids(self) -> list[int]:
         """The pids of the server's runtime worker processes (its children running runtimes.worker)."""
         assert self.process is not None
-        pids = []
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                if b"runtimes.worker" in cmdline:
-                    pids.append(int(child))
-        return pids
+        return worker_pids(self.process.pid)
 
     def stop(self) -> int:
         """SIGTERM, wait for a clean exit, and return the exit code."""

@@ -15,9 +15,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.server import free_port
 from tests import model_factory
 from tests.deploy.chart_helpers import CHART, manifests, one, render, server_container
-from tests.server import ServerProcess, free_port
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import ROOT, ServerProcess, free_port
+from benchmarks.server import free_port
+from tests.server import ROOT, ServerProcess
 
 FILES = ROOT / "helm" / "tensorgate" / "files"
 DASHBOARD = FILES / "grafana-dashboard.json"
