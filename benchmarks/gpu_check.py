@@ -39,9 +39,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway.contract import LoadModel  # noqa: E402
 from gateway.repository.config import load_config  # noqa: E402
 from gateway.repository.layout import scan_repository  # noqa: E402
-from gateway.workers.ipc import LoadModel  # noqa: E402
 from runtimes.base import ModelLoadError, RuntimeAdapter  # noqa: E402
 from runtimes.worker import ADAPTERS  # noqa: E402
 

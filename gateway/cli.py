@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         if not settings.model_repo.is_dir():
             parser.error(f"--model-repo {settings.model_repo}: no such directory")
-        uvloop.run(serve(settings))
+        return uvloop.run(serve(settings))
     elif args.command == "bench":
         if getattr(args, "bench_missing", False):
             parser.error("bench: the benchmarks package is not installed (pip install -e '.[bench]')")

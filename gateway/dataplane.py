@@ -1,126 +1,212 @@
-"""The one transport-free core that REST and gRPC both call.
+"""The one transport-free core that REST and gRPC both call, in every frontend process.
 
-It answers health and metadata from the model manager's state, and runs inference:
-resolve the model version, validate the request against its signature, execute, and
-shape the response. Transports only translate their wire format to and from the types in
-``gateway.protocol``.
+It answers health and metadata from the latest ModelTable the supervisor published, and runs
+inference: resolve the model version, validate the request against its signature, hand it to
+the model's runtime worker (where its queue and batcher are), and shape the response. The
+response's outputs are views into shared memory until the transport has encoded them and
+called ``InferResponse.release``. Transports only translate their wire format to and from the
+types in ``gateway.protocol``.
 """
 
+import asyncio
 import time
 from typing import Any
 
 from gateway import __version__
-from gateway.metrics import Metrics
+from gateway.contract import ModelTable, ServedModel, TensorSpec
+from gateway.metrics import RequestMetrics
 from gateway.protocol.datatypes import datatype_of
-from gateway.protocol.errors import InvalidRequest, QueueTimeout, TensorGateError, Unavailable
+from gateway.protocol.errors import InvalidRequest, NotFound, QueueTimeout, TensorGateError, Unavailable
 from gateway.protocol.types import InferOutput, InferRequest, InferResponse
-from gateway.repository.config import METADATA_PLATFORM
-from gateway.repository.manager import ModelManager, ModelVersion, State
-from gateway.repository.signature import TensorSpec
 from gateway.validation import validate_request
+from gateway.workers.ipc import CallFailed, ConnectionGone
+from gateway.workers.link import WorkerLink
 
 SERVER_NAME = "tensorgate"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics")
 
 
-class DataPlane:
-    """Health, metadata and inference over the models of one ModelManager."""
+class WorkerLinks:
+    """This frontend's data connections, one per framework's worker, (re)connected on first use."""
 
-    def __init__(self, models: ModelManager, metrics: Metrics) -> None:
-        self.models = models
+    def __init__(self, arena_bytes: int) -> None:
+        self._arena_bytes = arena_bytes
+        self._addresses: dict[str, str] = {}
+        self._links: dict[str, WorkerLink] = {}
+        self._connecting: dict[str, asyncio.Future[WorkerLink]] = {}
+
+    def update(self, addresses: dict[str, str]) -> None:
+        self._addresses = dict(addresses)
+        for framework, link in list(self._links.items()):
+            if addresses.get(framework) != link.address:
+                link.close()
+                del self._links[framework]
+
+    async def get(self, framework: str, model: str) -> WorkerLink:
+        link = self._links.get(framework)
+        if link is not None and link.connected:
+            return link
+        address = self._addresses.get(framework)
+        if address is None:
+            raise Unavailable(f"model '{model}': the {framework} runtime worker is not running; it is being restarted")
+        connecting = self._connecting.get(framework)
+        if connecting is None:
+            connecting = asyncio.ensure_future(self._connect(framework, address))
+            self._connecting[framework] = connecting
+            connecting.add_done_callback(lambda _: self._connecting.pop(framework, None))
+        return await asyncio.shield(connecting)
+
+    def failed(self, framework: str, key: str, ns: int) -> None:
+        """Count a request that failed in this frontend in its model's statistics (kept by the worker)."""
+        link = self._links.get(framework)
+        if link is not None and link.connected:
+            link.failed(key, ns)
+
+    async def _connect(self, framework: str, address: str) -> WorkerLink:
+        link = WorkerLink(framework, address, self._arena_bytes)
+        await link.connect()
+        self._links[framework] = link
+        return link
+
+
+class DataPlane:
+    """Health, metadata and inference over the published model table."""
+
+    def __init__(self, metrics: RequestMetrics, links: WorkerLinks, strict_readiness: bool = True) -> None:
         self.metrics = metrics
+        self.strict_readiness = strict_readiness
+        self.links = links
         self.draining = False
         #: Inference calls in progress (the drain on shutdown waits for it to reach 0).
         self.in_flight = 0
+        self._table = ModelTable((), {})
+        self._models: dict[str, list[ServedModel]] = {}
+
+    def update(self, table: ModelTable) -> None:
+        """Serve from ``table`` from now on (published by the supervisor on every change)."""
+        models: dict[str, list[ServedModel]] = {}
+        for model in table.models:
+            models.setdefault(model.name, []).append(model)
+        self._table, self._models = table, models
+        self.links.update(table.workers)
 
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        return not self.draining and self.models.all_ready()
+        """Strict: every configured model is ready. Otherwise: the first load of each has finished."""
+        if self.draining or not self._table.loaded:
+            return False
+        return not self.strict_readiness or (bool(self._models) and all(m.ready for m in self._table.models))
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
-    def model_ready(self, name: str, version: str | None) -> ModelVersion:
-        """The version asked about (check ``.state``); NotFound if there is no such model."""
-        return self.models.get(name, version)
+    def model(self, name: str, version: str | None) -> ServedModel:
+        """The version a request names, or the highest served version; NotFound otherwise."""
+        versions = self._models.get(name)
+        if versions is None:
+            raise NotFound(f"unknown model '{name}'")
+        if not version:
+            return versions[-1]
+        for model in versions:
+            if str(model.version) == version:
+                return model
+        served = ", ".join(str(m.version) for m in versions if m.version is not None) or "none"
+        raise NotFound(f"model '{name}' has no version '{version}' (served versions: {served})")
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        mv = self._ready_version(name, version)
-        assert mv.signature is not None
-        batch = (-1,) if mv.config.max_batch_size > 0 else ()
+        model = self._ready(name, version)
+        assert model.signature is not None
+        batch = (-1,) if model.max_batch_size > 0 else ()
         return {
-            "name": mv.name,
-            "versions": list(mv.versions),
-            "platform": METADATA_PLATFORM[mv.config.platform],
-            "inputs": [_tensor_metadata(t, batch) for t in mv.signature.inputs],
-            "outputs": [_tensor_metadata(t, batch) for t in mv.signature.outputs],
+            "name": model.name,
+            "versions": list(model.versions),
+            "platform": model.platform,
+            "inputs": [_tensor_metadata(t, batch) for t in model.signature.inputs],
+            "outputs": [_tensor_metadata(t, batch) for t in model.signature.outputs],
         }
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         """The effective config in the JSON shape of Triton's ModelConfig."""
-        mv = self._ready_version(name, version)
-        return triton_config(mv)
+        return self._ready(name, version).config
 
     def model_index(self) -> list[dict[str, Any]]:
         """Every model version with its state, and the reason when it is not ready."""
         index = []
-        for mv in self.models.all_versions():
-            item: dict[str, Any] = {"name": mv.name, "version": "" if mv.version is None else str(mv.version),
-                                    "state": mv.state.value}
-            if mv.reason:
-                item["reason"] = mv.reason
+        for model in self._table.models:
+            item: dict[str, Any] = {"name": model.name, "version": _version(model), "state": model.state}
+            if model.reason:
+                item["reason"] = model.reason
             index.append(item)
         return index
 
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Validate, queue, batch and run one request, recording its outcome and latency."""
-        started = time.perf_counter_ns()
-        model, version, stats = "", "", None
+        """Validate one request and have its model's worker queue, batch and run it."""
+        started = time.monotonic_ns()
+        name = version = counted_here = ""
         self.in_flight += 1
         try:
-            mv = self.models.get(request.model_name, request.model_version)
-            model, version = mv.name, "" if mv.version is None else str(mv.version)  # errors counted for it
+            model = self.model(request.model_name, request.model_version)
+            name, version = model.name, _version(model)  # errors are counted for it from here on
             if self.draining:
                 raise Unavailable("the server is shutting down; send the request to another replica")
-            self._check_ready(mv)
-            assert mv.signature is not None and mv.scheduler is not None
-            stats = mv.scheduler.stats
-            inputs, output_names, rows = validate_request(request, mv.signature, mv.config.max_batch_size, mv.name)
+            _check_ready(model)
+            assert model.signature is not None
+            counted_here = model.key  # a failure from here is in the model's statistics
+            inputs, output_names, rows = validate_request(request, model.signature, model.max_batch_size, model.name)
             priority, timeout_s = schedule_parameters(request)
-            results = await mv.scheduler.submit(inputs, output_names, rows, priority, timeout_s)
-            outputs = [InferOutput(name, datatype_of(results[name].dtype), results[name]) for name in output_names]
+            link = await self.links.get(model.framework, model.name)
+            counted_here = ""  # the worker counts whatever happens next
+            answer = await link.infer(model.key, model.name, inputs, output_names, rows, priority, timeout_s, started)
         except TensorGateError as exc:
-            elapsed = time.perf_counter_ns() - started
-            if stats is not None:
-                stats.fail.add(elapsed)
-            self.metrics.observe_request(model, version, protocol, _outcome(exc), elapsed / 1e9)
+            elapsed = time.monotonic_ns() - started
+            if counted_here:
+                self.links.failed(model.framework, counted_here, elapsed)
+            self.metrics.observe_request(name, version, protocol, _outcome(exc), elapsed / 1e9)
             raise
         finally:
             self.in_flight -= 1
-        elapsed = time.perf_counter_ns() - started
-        stats.success.add(elapsed)
-        self.metrics.observe_request(model, version, protocol, "success", elapsed / 1e9)
-        return InferResponse(mv.name, version, outputs, request.id)
+        outputs = [InferOutput(n, datatype_of(answer.outputs[n].dtype), answer.outputs[n]) for n in output_names]
+        self.metrics.observe_request(name, version, protocol, "success", (time.monotonic_ns() - started) / 1e9)
+        return InferResponse(model.name, version, outputs, request.id, release=answer.release)
 
-    def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+    async def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
         """Triton-shaped statistics of one model (one or all of its versions), or of every model."""
         if name:
-            versions = [self.models.get(name, version)] if version else self.models.versions_of(name)
+            models = [self.model(name, version)] if version else self._versions(name)
         else:
-            versions = self.models.all_versions()
-        return [mv.scheduler.stats.as_dict() for mv in versions if mv.scheduler is not None]
+            models = list(self._table.models)
+        loaded = [m for m in models if m.version is not None and m.framework in self._table.workers]
+        by_framework: dict[str, list[str]] = {}
+        for model in loaded:
+            by_framework.setdefault(model.framework, []).append(model.key)
+        stats: dict[str, dict[str, Any]] = {}
+        for framework, keys in by_framework.items():
+            try:
+                link = await self.links.get(framework, "")
+                stats.update(await link.statistics(keys))
+            except (TensorGateError, ConnectionGone, CallFailed):
+                continue  # a worker that is restarting has no statistics to report yet
+        return [stats[m.key] for m in loaded if m.key in stats]
 
-    def _ready_version(self, name: str, version: str | None) -> ModelVersion:
-        mv = self.models.get(name, version)
-        self._check_ready(mv)
-        return mv
+    def _versions(self, name: str) -> list[ServedModel]:
+        self.model(name, None)  # NotFound for an unknown model
+        return list(self._models[name])
 
-    @staticmethod
-    def _check_ready(mv: ModelVersion) -> None:
-        if mv.state is not State.READY:
-            raise Unavailable(f"model {mv.label} is not ready ({mv.state.value}): {mv.reason}")
+    def _ready(self, name: str, version: str | None) -> ServedModel:
+        model = self.model(name, version)
+        _check_ready(model)
+        return model
+
+
+def _check_ready(model: ServedModel) -> None:
+    if not model.ready:
+        raise Unavailable(f"model {model.label} is not ready ({model.state}): {model.reason}")
+
+
+def _version(model: ServedModel) -> str:
+    return "" if model.version is None else str(model.version)
 
 
 def _tensor_metadata(spec: TensorSpec, batch: tuple[int, ...]) -> dict[str, Any]:
@@ -144,52 +230,3 @@ def _outcome(exc: TensorGateError) -> str:
     if isinstance(exc, Unavailable):
         return "rejected"
     return "client_error" if exc.http_status < 500 else "server_error"
-
-
-def triton_config(mv: ModelVersion) -> dict[str, Any]:
-    config = mv.config
-    signature = mv.signature
-    inputs = signature.inputs if signature else ()
-    outputs = signature.outputs if signature else ()
-    policy: dict[str, Any]
-    vp = config.version_policy
-    if vp.all is not None:
-        policy = {"all": {}}
-    elif vp.specific is not None:
-        policy = {"specific": {"versions": vp.specific.versions}}
-    else:
-        policy = {"latest": {"num_versions": vp.latest.num_versions if vp.latest else 1}}
-    device = config.instances.device
-    group: dict[str, Any] = {"name": f"{mv.name}_0", "count": config.instances.count,
-                             "kind": "KIND_GPU" if device.startswith("cuda:") else "KIND_CPU"}
-    if device.startswith("cuda:"):
-        group["gpus"] = [int(device.split(":")[1])]
-    document: dict[str, Any] = {
-        "name": mv.name,
-        "platform": METADATA_PLATFORM[config.platform],
-        "backend": config.framework,
-        "max_batch_size": config.max_batch_size,
-        "input": [_triton_tensor(t) for t in inputs],
-        "output": [_triton_tensor(t) for t in outputs],
-        "version_policy": policy,
-        "instance_group": [group],
-        "parameters": {k: {"string_value": str(v)} for k, v in config.parameters.items()},
-    }
-    batching = config.dynamic_batching
-    if batching is not None:
-        document["dynamic_batching"] = {
-            "preferred_batch_size": batching.preferred_batch_sizes,
-            "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
-            "priority_levels": batching.priority_levels,
-            "default_priority_level": batching.default_priority,
-            "default_queue_policy": {
-                "default_timeout_microseconds": int(batching.default_timeout_ms * 1000),
-                "max_queue_size": batching.max_queue_size,
-            },
-        }
-    return document
-
-
-def _triton_tensor(spec: TensorSpec) -> dict[str, Any]:
-    datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
-    return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": list(spec.shape)}

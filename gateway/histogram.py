@@ -26,6 +26,12 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def add(self, counts: list[int], total: float) -> None:
+        """Merge another histogram's bucket counts and sum (same bounds) into this one."""
+        for i, count in enumerate(counts):
+            self.counts[i] += count
+        self.sum += total
+
     @property
     def count(self) -> int:
         return sum(self.counts)

@@ -18,9 +18,9 @@ def _value(value: Any) -> str:
     return text
 
 
-def configure(level: str) -> None:
-    """Log to stderr with a timestamp and the logger's name in front of every line."""
+def configure(level: str, process: str = "supervisor") -> None:
+    """Log to stderr with a timestamp, the process's role and the logger's name in front of every line."""
     logging.basicConfig(
         level=level.upper(),
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        format=f"ts=%(asctime)s level=%(levelname)s process={process} logger=%(name)s %(message)s",
     )

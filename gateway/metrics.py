@@ -1,26 +1,25 @@
-"""Prometheus metrics of the gateway, served on their own port (``--metrics-port``).
+"""Prometheus metrics: counted where they happen, exported as one view by the supervisor.
 
-Nothing here runs per request: the data plane and the schedulers keep plain counters and
-lock-free histograms (gateway/histogram.py, gateway/scheduling/stats.py), and this module
-turns them into Prometheus families only when Prometheus scrapes. Base units, labels
-``model`` and ``version`` (plus ``protocol``, ``outcome``, ``phase``, ``framework``,
-``process`` where they fit).
+Nothing here runs per request but ``RequestMetrics.observe_request`` (a dict lookup, two adds
+and a bisect, in the frontend that answered). The supervisor serves ``--metrics-port``: at
+each scrape it asks every frontend for its request series and every runtime worker for its
+models' statistics, sums them, and renders the families, so a scrape sees every process's
+samples whatever the number of frontends. Base units, labels ``model`` and ``version`` (plus
+``protocol``, ``outcome``, ``phase``, ``framework``, ``process`` where they fit).
 """
 
 import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.contract import FrontendState, ModelGauges
 from gateway.histogram import Histogram
-
-if TYPE_CHECKING:
-    from gateway.repository.manager import ModelManager
+from gateway.repository.repository import ModelVersion, State
 
 OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout")
 PROTOCOLS = ("rest", "grpc")
@@ -34,12 +33,11 @@ class _RequestSeries:
     latency: Histogram = field(default_factory=Histogram)
 
 
-class Metrics:
-    """Request outcomes and latency per model, version and protocol, plus the collector for the rest."""
+class RequestMetrics:
+    """A frontend's request outcomes and latency per model, version and protocol."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.registry = CollectorRegistry()
         self._requests: dict[tuple[str, str, str], _RequestSeries] = {}
 
     def observe_request(self, model: str, version: str, protocol: str, outcome: str, seconds: float) -> None:
@@ -53,23 +51,38 @@ class Metrics:
         if outcome == "success":
             series.latency.observe(seconds)
 
-    def watch(self, models: "ModelManager") -> None:
-        """Export the request series and everything ``models`` knows, at scrape time."""
-        self.registry.register(_Collector(self, models))
-
-    def request_series(self) -> dict[tuple[str, str, str], _RequestSeries]:
-        return self._requests
+    def snapshot(self) -> dict[tuple[str, str, str], tuple[dict[str, int], list[int], float]]:
+        return {key: (dict(s.outcomes), list(s.latency.counts), s.latency.sum) for key, s in self._requests.items()}
 
 
-class _Collector(Collector):
-    def __init__(self, metrics: Metrics, models: "ModelManager") -> None:
-        self._metrics = metrics
-        self._models = models
+@dataclass(slots=True)
+class ServerView:
+    """Everything one scrape reports, gathered by the supervisor from its processes."""
+
+    versions: list[ModelVersion]
+    frontends: list[FrontendState]
+    models: dict[str, ModelGauges]
+    #: process label -> pid: the supervisor, each frontend, each worker (by framework).
+    processes: dict[str, int | None]
+    workers_up: dict[str, bool]
+    worker_restarts: dict[str, int]
+
+
+def render(view: ServerView) -> bytes:
+    """The Prometheus text exposition of ``view``."""
+    registry = CollectorRegistry()
+    registry.register(_Families(view))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, view: ServerView) -> None:
+        self._view = view
 
     def collect(self) -> Iterable[Metric]:
         yield from self._requests()
         yield from self._model_versions()
-        yield from self._workers()
+        yield from self._processes()
 
     def _requests(self) -> Iterable[Metric]:
         total = CounterMetricFamily("tensorgate_requests", "Inference requests by outcome.",
@@ -77,12 +90,20 @@ class _Collector(Collector):
         latency = HistogramMetricFamily("tensorgate_request_duration_seconds",
                                         "Latency of successful inference requests inside the server.",
                                         labels=["model", "version", "protocol"])
-        recorded = self._metrics.request_series()
+        merged: dict[tuple[str, str, str], _RequestSeries] = defaultdict(_RequestSeries)
+        for frontend in self._view.frontends:
+            for key, (outcomes, counts, total_s) in frontend.requests.items():
+                series = merged[key]
+                for outcome, count in outcomes.items():
+                    series.outcomes[outcome] += count
+                series.latency.add(counts, total_s)
         # Every served version's series exist from its load on, at 0, so rate() sees the first request.
-        served = {(mv.name, str(mv.version), protocol) for mv in self._models.all_versions()
-                  if mv.version is not None for protocol in PROTOCOLS}
-        for key in sorted(served | set(recorded)):
-            series = recorded.get(key) or _RequestSeries()
+        for mv in self._view.versions:
+            if mv.version is not None:
+                for protocol in PROTOCOLS:
+                    merged.setdefault((mv.name, str(mv.version), protocol), _RequestSeries())
+        for key in sorted(merged):
+            series = merged[key]
             for outcome in OUTCOMES:
                 total.add_metric([*key, outcome], series.outcomes.get(outcome, 0))
             latency.add_metric(list(key), series.latency.cumulative(), series.latency.sum)
@@ -114,18 +135,19 @@ class _Collector(Collector):
                                     labels=["model", "version", "outcome"])
         load_time = HistogramMetricFamily("tensorgate_model_load_duration_seconds", "Time to load a model version.",
                                           labels=["model", "version"])
-        for mv in self._models.all_versions():
+        for mv in self._view.versions:
             labels = [mv.name, "" if mv.version is None else str(mv.version)]
-            ready.add_metric(labels, 1.0 if mv.state.value == "READY" else 0.0)
+            ready.add_metric(labels, 1.0 if mv.state is State.READY else 0.0)
             for outcome, count in (("success", mv.loads_succeeded), ("failure", mv.loads_failed)):
                 loads.add_metric([*labels, outcome], count)
             load_time.add_metric(labels, mv.load_time.cumulative(), mv.load_time.sum)
-            if mv.scheduler is None:
+            gauges = self._view.models.get(mv.key) if mv.version is not None else None
+            if gauges is None:
                 continue
-            stats = mv.scheduler.stats
-            depth.add_metric(labels, mv.scheduler.queued_requests)
-            capacity.add_metric(labels, mv.scheduler.max_queue_size)
-            inflight.add_metric(labels, mv.scheduler.inflight_requests)
+            stats = gauges.stats
+            depth.add_metric(labels, gauges.queued)
+            capacity.add_metric(labels, gauges.capacity)
+            inflight.add_metric(labels, gauges.inflight)
             queue.add_metric(labels, stats.queue_seconds.cumulative(), stats.queue_seconds.sum)
             for phase, histogram in stats.phase_seconds.items():
                 compute.add_metric([*labels, phase], histogram.cumulative(), histogram.sum)
@@ -134,30 +156,30 @@ class _Collector(Collector):
             inferences.add_metric(labels, stats.inference_count)
         yield from (ready, depth, capacity, inflight, queue, compute, batch, executions, inferences, loads, load_time)
 
-    def _workers(self) -> Iterable[Metric]:
+    def _processes(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("tensorgate_worker_up", "1 while the framework's runtime worker is running.",
                                labels=["framework"])
         restarts = CounterMetricFamily("tensorgate_worker_restarts", "Runtime worker restarts.", labels=["framework"])
         memory = GaugeMetricFamily("tensorgate_process_resident_memory_bytes",
-                                   "Resident memory of the gateway and of each runtime worker.", labels=["process"])
+                                   "Resident memory of the supervisor, each frontend and each runtime worker.",
+                                   labels=["process"])
         cpu = CounterMetricFamily("tensorgate_process_cpu_seconds",
-                                  "CPU time of the gateway and of each runtime worker.", labels=["process"])
-        processes: dict[str, int | None] = {"gateway": os.getpid()}
-        for framework, pid in self._models.worker_pids().items():
-            up.add_metric([framework], 1.0 if self._models.worker_alive(framework) else 0.0)
-            processes[framework] = pid
-        restart_counts = self._models.restarts
-        for framework in sorted(set(processes) - {"gateway"} | set(restart_counts)):
-            restarts.add_metric([framework], restart_counts.get(framework, 0))
-        for name, pid in processes.items():
-            usage = _process_usage(pid)
+                                  "CPU time of the supervisor, each frontend and each runtime worker.",
+                                  labels=["process"])
+        view = self._view
+        for framework in sorted(set(view.workers_up) | set(view.worker_restarts)):
+            if framework in view.workers_up:
+                up.add_metric([framework], 1.0 if view.workers_up[framework] else 0.0)
+            restarts.add_metric([framework], view.worker_restarts.get(framework, 0))
+        for name, pid in view.processes.items():
+            usage = process_usage(pid)
             if usage is not None:
                 memory.add_metric([name], usage[0])
                 cpu.add_metric([name], usage[1])
         yield from (up, restarts, memory, cpu)
 
 
-def _process_usage(pid: int | None) -> tuple[float, float] | None:
+def process_usage(pid: int | None) -> tuple[float, float] | None:
     """(resident bytes, CPU seconds) of a process from /proc, or None if it is gone."""
     if pid is None:
         return None

@@ -1,66 +1,159 @@
-"""The composition root: one event loop running REST, gRPC and the metrics endpoint over one
-DataPlane, with the runtime workers beside it.
+"""The composition root: the supervisor process of ``tensorgate serve``.
+
+::
+
+    supervisor: repository + model lifecycle, worker pool, frontend pool, metrics port, drain
+     ├─ frontend x N   REST and gRPC on the shared ports (SO_REUSEPORT): protocol work only
+     └─ worker x F     one per framework: its models, each version's queue and batcher
+
+The supervisor publishes a ModelTable (every version's state, signature, config, and where
+each worker takes data connections) to every frontend whenever anything changes. Frontends
+send requests straight to the workers, tensors through shared memory; nothing on the request
+path passes through the supervisor.
 
 Shutdown on SIGTERM or SIGINT drains before it stops:
 
-1. the server turns not-ready at once (``/v2/health/ready`` 503, gRPC ``ServerReady`` false and
-   ``grpc.health.v1`` NOT_SERVING), so load balancers stop sending traffic;
-2. it keeps listening: new inference requests get 503 / UNAVAILABLE, while every request
+1. every frontend turns not-ready at once (``/v2/health/ready`` 503, gRPC ``ServerReady`` false
+   and ``grpc.health.v1`` NOT_SERVING), so load balancers stop sending traffic;
+2. they keep listening: new inference requests get 503 / UNAVAILABLE, while every request
    already accepted (queued, executing, or still being received) runs to its answer;
-3. when none is left, or ``--drain-timeout`` seconds have passed, or a second signal came, it
-   stops the runtime workers (a request still running then gets 503 / UNAVAILABLE), closes the
-   listeners and returns: the process exits 0.
+3. when none is left, or ``--drain-timeout`` seconds have passed, or a second signal came, the
+   runtime workers stop (a request still running then gets 503 / UNAVAILABLE), the frontends
+   close their listeners and exit, and so does the supervisor, with status 0.
 """
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from prometheus_client import make_asgi_app
 
-from gateway.dataplane import DataPlane
-from gateway.grpc.servicer import create_grpc_server
+from gateway.contract import ModelTable, ServedModel
+from gateway.frontends import FrontendPool, FrontendStartFailed
+from gateway.lifecycle import ModelLifecycle
 from gateway.logs import log_event
-from gateway.metrics import Metrics
-from gateway.repository.manager import ModelManager
-from gateway.rest.app import create_app
+from gateway.metrics import ServerView, render
+from gateway.repository.config import METADATA_PLATFORM
+from gateway.repository.repository import ModelVersion, Repository, State
+from gateway.repository.triton_config import triton_config
 from gateway.settings import Settings
+from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("tensorgate.server")
 
 #: How often the drain checks whether the last request has been answered.
 _DRAIN_POLL_S = 0.05
 #: After the drain, how long the transports get to send the answers already given (seconds).
-_FINAL_GRACE_S = 1
+_FINAL_GRACE_S = 1.0
+
+
+class PortInUse(Exception):
+    pass
+
+
+class Supervisor:
+    """Owns the repository, the workers and the frontends of one server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = Repository(settings.model_repo)
+        self.pool = WorkerPool(self._worker_restarted, self._changed)
+        self.lifecycle = ModelLifecycle(self.repository, self.pool, self._changed)
+        self.frontends = FrontendPool(settings, self.table)
+        self._loaded = False
+        self._publishing: asyncio.Task[None] | None = None
+        self._dirty = False
+
+    def table(self) -> ModelTable:
+        versions = self.repository.all_versions()
+        return ModelTable(tuple(_served(mv) for mv in versions), self.pool.addresses, self._loaded)
+
+    async def load(self) -> None:
+        await self.lifecycle.load_all()
+        self._loaded = True
+        await self.frontends.publish()
+
+    def _changed(self) -> None:
+        """Something the frontends show changed: publish the table (coalescing bursts)."""
+        self._dirty = True
+        if self._publishing is None or self._publishing.done():
+            self._publishing = asyncio.get_running_loop().create_task(self._publish())
+
+    async def _publish(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            await self.frontends.publish()
+
+    async def _worker_restarted(self, framework: str) -> None:
+        await self.lifecycle.reload_framework(framework)
+
+    async def view(self) -> ServerView:
+        """What a metrics scrape reports, from every process."""
+        frontends, models = await asyncio.gather(self.frontends.snapshots(), self.pool.snapshot())
+        processes: dict[str, int | None] = {"supervisor": os.getpid(), **self.frontends.pids(), **self.pool.pids()}
+        return ServerView(self.repository.all_versions(), frontends, models, processes,
+                          {f: self.pool.alive(f) for f in self.pool.pids()}, dict(self.pool.restarts))
+
+    async def metrics_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The metrics port: every path answers the Prometheus text exposition."""
+        if scope["type"] != "http":
+            return
+        body = render(await self.view())
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _served(mv: ModelVersion) -> ServedModel:
+    loadable = mv.version is not None
+    return ServedModel(
+        name=mv.name, version=mv.version, versions=mv.versions, state=mv.state.value, reason=mv.reason,
+        key=mv.key, framework=mv.config.framework if loadable else "",
+        platform=METADATA_PLATFORM[mv.config.platform] if loadable else "",
+        max_batch_size=mv.config.max_batch_size if loadable else 0, signature=mv.signature,
+        config=triton_config(mv) if loadable and mv.state is State.READY else {},
+    )
 
 
 class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway owns shutdown for all transports."""
+    """uvicorn without its own signal handling: the supervisor owns shutdown."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
 
-def _uvicorn(app: Any, settings: Settings, port: int) -> _UvicornServer:
-    config = uvicorn.Config(app, host=settings.host, port=port, loop="none", http="httptools",
-                            lifespan="off", log_level="warning", access_log=False,
-                            timeout_keep_alive=30)
-    return _UvicornServer(config)
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse to start on a port another process holds (SO_REUSEPORT would silently share it)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"{what} port {port} on {host} is already in use") from None
+            raise
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop."""
     started = time.perf_counter()
-    metrics = Metrics(enabled=settings.metrics_port != 0)
-    models = ModelManager(settings.model_repo)
-    metrics.watch(models)
-    plane = DataPlane(models, metrics)
+    try:
+        check_port_free(settings.host, settings.http_port, "the REST")
+        check_port_free(settings.host, settings.grpc_port, "the gRPC")
+    except PortInUse as exc:
+        log_event(log, "startup_failed", level=logging.ERROR, reason=str(exc))
+        return 1
+    supervisor = Supervisor(settings)
 
     stop = asyncio.Event()
     force = asyncio.Event()
@@ -77,63 +170,65 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    rest = _uvicorn(create_app(plane, settings.max_request_bytes), settings, settings.http_port)
-    http_servers = [rest]
-    if metrics.enabled:
-        http_servers.append(_uvicorn(make_asgi_app(registry=metrics.registry), settings, settings.metrics_port))
-    grpc_server = create_grpc_server(plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes)
-    await grpc_server.start()
-    servers = [asyncio.create_task(server.serve()) for server in http_servers]
-    log_event(log, "listening", host=settings.host, http_port=settings.http_port,
-              grpc_port=settings.grpc_port, metrics_port=settings.metrics_port)
+    try:
+        await supervisor.frontends.start()
+    except FrontendStartFailed as exc:
+        log_event(log, "startup_failed", level=logging.ERROR, reason=str(exc))
+        await supervisor.frontends.stop(0)
+        return 1
+    metrics_server = None
+    metrics_task = None
+    if settings.metrics_port:
+        metrics_server = _UvicornServer(uvicorn.Config(
+            supervisor.metrics_app, host=settings.host, port=settings.metrics_port, loop="none", lifespan="off",
+            interface="asgi3", log_level="warning", access_log=False))
+        metrics_task = asyncio.create_task(metrics_server.serve())
+    log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,
+              metrics_port=settings.metrics_port, frontends=settings.frontends)
 
     stopped = asyncio.create_task(stop.wait())
-    loading = asyncio.create_task(models.load_all())
-    await asyncio.wait([loading, stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
+    loading = asyncio.create_task(supervisor.load())
+    await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         loading.result()
-        versions = models.all_versions()
-        failed = [mv for mv in versions if mv.state.value != "READY"]
+        versions = supervisor.repository.all_versions()
+        failed = [mv for mv in versions if mv.state is not State.READY]
         log_event(log, "server_ready" if not failed else "server_started_not_ready",
                   level=logging.INFO if not failed else logging.WARNING,
                   models=len(versions) - len(failed), failed=len(failed), seconds=time.perf_counter() - started)
-        await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
+        await stopped
     else:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
         log_event(log, "loading_cancelled", level=logging.WARNING)
-    if not stopped.done():
-        log_event(log, "transport_exited", level=logging.ERROR)
-        stopped.cancel()
 
-    plane.draining = True
+    in_flight, http_requests = await supervisor.frontends.drain()
     drain_started = time.monotonic()
-    deadline = drain_started + settings.drain_timeout
-    log_event(log, "draining", in_flight=plane.in_flight, http_requests=len(rest.server_state.tasks),
-              timeout=settings.drain_timeout)
-    await _drain(plane, rest, deadline, force)
+    log_event(log, "draining", in_flight=in_flight, http_requests=http_requests, timeout=settings.drain_timeout)
+    await _drain(supervisor.frontends, (in_flight, http_requests), drain_started + settings.drain_timeout, force)
 
     # Whatever still runs has outlived the drain: stopping the workers fails it at once with
     # 503 / UNAVAILABLE, an answer rather than a cut connection. Then the listeners close.
-    await models.close()
-    rest.config.timeout_graceful_shutdown = _FINAL_GRACE_S
-    rest.should_exit = True
-    for server in http_servers[1:]:
-        server.should_exit = True
-    await grpc_server.stop(grace=_FINAL_GRACE_S)
-    await asyncio.gather(*servers, return_exceptions=True)
+    await supervisor.pool.close()
+    await supervisor.frontends.stop(_FINAL_GRACE_S)
+    if metrics_server is not None and metrics_task is not None:
+        metrics_server.should_exit = True
+        await metrics_task
     log_event(log, "stopped", seconds=time.monotonic() - drain_started)
+    return 0
 
 
-async def _drain(plane: DataPlane, rest: _UvicornServer, deadline: float, force: asyncio.Event) -> None:
-    """Wait until no inference call nor HTTP request is in progress, the deadline, or ``force``."""
-    while plane.in_flight or rest.server_state.tasks:
+async def _drain(frontends: FrontendPool, in_progress: tuple[int, int], deadline: float,
+                 force: asyncio.Event) -> None:
+    """Wait until no frontend has a request in progress, the deadline, or ``force``."""
+    while any(in_progress):
         if force.is_set():
             return
         if time.monotonic() >= deadline:
-            log_event(log, "drain_timeout", level=logging.WARNING, in_flight=plane.in_flight,
-                      http_requests=len(rest.server_state.tasks))
+            log_event(log, "drain_timeout", level=logging.WARNING, in_flight=in_progress[0],
+                      http_requests=in_progress[1])
             return
         await asyncio.sleep(_DRAIN_POLL_S)
+        in_progress = await frontends.in_progress()
     log_event(log, "drained")

@@ -1,11 +1,18 @@
 """Server settings: command-line flags, each with a ``TENSORGATE_*`` environment default."""
 
 import argparse
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+
+
+def default_frontends() -> int:
+    """Frontend processes when not configured: one per two cores (the rest feed the models), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +27,19 @@ class Settings:
     max_request_bytes: int = 128 * MIB
     #: On SIGTERM, how long to keep serving what is queued and in flight before stopping anyway.
     drain_timeout: float = 30.0
+    #: Frontend processes sharing the REST and gRPC ports.
+    frontends: int = dataclasses.field(default_factory=default_frontends)
+    #: Ready only when every model is ready (Triton's --strict-readiness); off: ready once loading is done.
+    strict_readiness: bool = True
+
+    def to_json(self) -> str:
+        """The settings for a child process's command line."""
+        return json.dumps({**dataclasses.asdict(self), "model_repo": str(self.model_repo)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        document = json.loads(text)
+        return cls(**{**document, "model_repo": Path(document["model_repo"])})
 
 
 def _env(name: str, default: object) -> str:
@@ -34,6 +54,25 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64, not {text!r}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +98,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=_seconds, default=_env("drain_timeout", d.drain_timeout),
                         help="on SIGTERM, seconds to finish the requests queued and in flight while new ones "
                              "get 503 / UNAVAILABLE (env TENSORGATE_DRAIN_TIMEOUT; default 30)")
+    parser.add_argument("--frontends", type=_count, default=_env("frontends", d.frontends),
+                        help="frontend processes sharing the REST and gRPC ports, doing the protocol work "
+                             "(env TENSORGATE_FRONTENDS; default: one per two CPUs, 1 to 8)")
+    parser.add_argument("--strict-readiness", type=_boolean, default=_env("strict_readiness", "true"),
+                        help="true: /v2/health/ready only when every model is ready; false: ready once the "
+                             "first load of every model has finished, whatever its outcome (per-model readiness "
+                             "tells the rest) (env TENSORGATE_STRICT_READINESS; default true)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
-        drain_timeout=args.drain_timeout,
+        drain_timeout=args.drain_timeout, frontends=args.frontends, strict_readiness=args.strict_readiness,
     )

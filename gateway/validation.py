@@ -6,9 +6,9 @@ the tensor, so a bad request never reaches a worker and never shares a batch wit
 
 import numpy as np
 
+from gateway.contract import Signature, TensorSpec
 from gateway.protocol.errors import InvalidRequest
 from gateway.protocol.types import InferRequest
-from gateway.repository.signature import Signature, TensorSpec
 
 
 def validate_request(request: InferRequest, signature: Signature, max_batch_size: int,
@@ -54,9 +54,7 @@ def _check_shape(shape: tuple[int, ...], spec: TensorSpec, max_batch_size: int) 
             raise InvalidRequest(
                 f"input '{spec.name}': batch size {batch} exceeds the model's max_batch_size {max_batch_size}"
             )
-    if len(dims) != len(spec.shape) or any(
-        want != -1 and got != want for got, want in zip(dims, spec.shape, strict=True)
-    ):
+    if not spec.accepts(dims):
         expected = f"[batch, {_dims(spec.shape)}]" if max_batch_size > 0 else f"[{_dims(spec.shape)}]"
         raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} does not match the model's {expected}")
     return batch

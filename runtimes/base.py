@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.repository.signature import Signature
-from gateway.workers.ipc import LoadModel
+from gateway.contract import LoadModel, Signature
 
 
 class ModelLoadError(Exception):

@@ -40,9 +40,8 @@ import jax.monitoring
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
+from gateway.contract import LoadModel, Signature, TensorSpec
 from gateway.logs import log_event
-from gateway.repository.signature import Signature, TensorSpec
-from gateway.workers.ipc import LoadModel
 from runtimes.base import (
     InvalidInput,
     ModelLoadError,

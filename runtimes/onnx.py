@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gateway.repository.signature import Signature, TensorSpec
-from gateway.workers.ipc import LoadModel
+from gateway.contract import LoadModel, Signature, TensorSpec
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter, cuda_index, default_threads
 
 MODEL_FILE = "model.onnx"

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.contract import LoadModel, Signature, TensorSpec
 from gateway.logs import log_event
-from gateway.repository.signature import Signature, TensorSpec
-from gateway.workers.ipc import LoadModel
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter, cuda_index, default_threads
 
 # Before TensorFlow is imported: its C++ logging reads this once.

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from gateway.repository.signature import Signature, TensorSpec
-from gateway.workers.ipc import LoadModel
+from gateway.contract import LoadModel, Signature, TensorSpec
 from runtimes.base import InvalidInput, ModelLoadError
 from runtimes.torchscript import DATATYPE_OF, TorchAdapter, _first_line
 

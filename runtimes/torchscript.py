@@ -30,9 +30,8 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from gateway.contract import LoadModel, Signature
 from gateway.logs import log_event
-from gateway.repository.signature import Signature
-from gateway.workers.ipc import LoadModel
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter, cuda_index, default_threads
 
 log = logging.getLogger("tensorgate.torch")

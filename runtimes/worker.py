@@ -1,23 +1,60 @@
-"""The runtime worker process: loads models of one framework and executes their batches.
+"""The runtime worker process: one framework's models, their queues and batchers, and the
+data connections of every frontend.
 
-Started by the gateway as ``python -m runtimes.worker FRAMEWORK FD``: FD is its end of a
-socket pair. The main thread reads calls; loads run on one loader thread (so a slow load
-never blocks the batches of models already loaded) and each model executes on its own
-pool of ``instances`` threads. Replies go back tagged with the call's id, in any order.
-The process exits when the gateway closes the socket.
+Started by the supervisor as ``python -m runtimes.worker FRAMEWORK ADDRESS CONTROL_FD``:
+CONTROL_FD is its end of a socket pair with the supervisor (loads, unloads, snapshots), ADDRESS
+an abstract Unix socket where frontends connect to send requests. The main thread runs the event
+loop: the control calls, every frontend's requests, and one scheduler per model version, so a
+model's batches are formed from all frontends' requests together. Loads run on one loader
+thread (a slow load never blocks the batches of models already loaded); each model executes on
+its own pool of ``instances`` threads, and the frameworks release the GIL while they compute,
+so the loop keeps receiving requests and sending answers while a batch runs: the next batch is
+queued by the time the previous one finishes.
+
+Request tensors are read in place from the frontend's shared arena; outputs are copied once
+into the arena this worker fills for that frontend, and the frontend frees them when it has
+answered. The process exits when the supervisor closes the control socket.
 """
 
+import asyncio
 import contextlib
+import functools
 import importlib
 import logging
+import os
 import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+import uvloop
+
+from gateway.contract import (
+    Cancel,
+    Failed,
+    LoadModel,
+    ModelGauges,
+    Outcome,
+    Release,
+    Results,
+    SchedulerOptions,
+    Signature,
+    StatsQuery,
+    Submit,
+    TensorRef,
+    UnloadModel,
+    WireTensor,
+    WorkerSnapshot,
+)
 from gateway.logs import log_event
-from gateway.workers.ipc import Envelope, Execute, ExecuteResult, Failure, LoadModel, SocketChannel, UnloadModel
+from gateway.protocol.errors import InferenceFailed, InvalidRequest, TensorGateError
+from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler, gather
+from gateway.scheduling.stats import ModelStats
+from gateway.workers.arena import Arena
+from gateway.workers.ipc import CallFailed, Failure, Peer
+from gateway.workers.link import HELLO, socket_address
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
 
 #: The adapter class for each platform, as "module:Class", imported on first use.
@@ -32,70 +69,87 @@ ADAPTERS = {
 log = logging.getLogger("tensorgate.worker")
 
 
-class _LoadedModel:
-    def __init__(self, adapter: RuntimeAdapter, instances: int) -> None:
+class HostedModel:
+    """One loaded model version: its adapter, its instances' threads and its scheduler."""
+
+    def __init__(self, spec: LoadModel, adapter: RuntimeAdapter) -> None:
+        self.spec = spec
         self.adapter = adapter
-        self.pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=adapter.spec.key)
+        self.unloading = False
+        self._pool = ThreadPoolExecutor(max_workers=spec.instances, thread_name_prefix=spec.key)
+        options = spec.scheduling or SchedulerOptions(f"'{spec.model_name}'", spec.max_batch_size, spec.instances)
+        version = spec.key.rsplit(":", 1)[-1]
+        self.scheduler = Scheduler(options, self._execute, ModelStats(spec.model_name, version))
+
+    async def _execute(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, batch, outputs)
+
+    def _run(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        """On an instance thread: gather the batch, run it, and time the run."""
+        started = time.monotonic_ns()
+        name = self.spec.model_name
+        try:
+            result = self.adapter.execute(gather(batch), outputs)
+        except InvalidInput as exc:
+            raise InvalidRequest(f"model '{name}': {exc}") from None
+        except Exception as exc:
+            log_event(log, "execute_failed", level=logging.ERROR, model=self.spec.key,
+                      error=f"{type(exc).__name__}: {exc}")
+            raise InferenceFailed(f"model '{name}' failed while executing: {type(exc).__name__}: {exc}") from None
+        return ExecuteResult(result, started, time.monotonic_ns())
+
+    async def close(self) -> None:
+        """Let queued and running batches finish, then free the model."""
+        self.unloading = True
+        while self.scheduler.busy:
+            await asyncio.sleep(0.01)
+        self._pool.shutdown(wait=False)
+        self.adapter.close()
 
 
-class Worker:
-    """Dispatches the calls that arrive on one channel."""
+class Host:
+    """The models of this worker, answering the supervisor's control calls."""
 
-    def __init__(self, channel: SocketChannel) -> None:
-        self._channel = channel
-        self._models: dict[str, _LoadedModel] = {}
+    def __init__(self, framework: str) -> None:
+        self.framework = framework
+        self.models: dict[str, HostedModel] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
 
-    def serve(self) -> None:
-        while (message := self._channel.receive()) is not None:
-            body = message.body
-            if isinstance(body, Execute):
-                loaded = self._models.get(body.key)
-                if loaded is None:
-                    self._reply(message.call_id, Failure("internal", f"model {body.key} is not loaded"))
-                else:
-                    loaded.pool.submit(self._execute, message.call_id, loaded.adapter, body)
-            elif isinstance(body, LoadModel):
-                self._loader.submit(self._load, message.call_id, body)
-            elif isinstance(body, UnloadModel):
-                self._loader.submit(self._unload, message.call_id, body)
-            else:
-                self._reply(message.call_id, Failure("internal", f"unknown call {type(body).__name__}"))
+    def handle_control(self, body: Any) -> Any:
+        if isinstance(body, LoadModel):
+            return self._load(body)
+        if isinstance(body, UnloadModel):
+            return self._unload(body.key)
+        if isinstance(body, WorkerSnapshot):
+            return {key: ModelGauges(m.scheduler.stats, m.scheduler.queued_requests, m.scheduler.inflight_requests,
+                                     m.scheduler.max_queue_size) for key, m in self.models.items()}
+        raise CallFailed(Failure("internal", f"unknown call {type(body).__name__}"))
 
-    def _load(self, call_id: int, spec: LoadModel) -> None:
+    async def _load(self, spec: LoadModel) -> Signature | None:
+        loop = asyncio.get_running_loop()
         try:
-            adapter = _adapter_class(spec.platform)(spec)
-            signature = adapter.signature()
+            adapter, signature = await loop.run_in_executor(self._loader, _open, spec)
         except ModelLoadError as exc:
-            self._reply(call_id, Failure("invalid", str(exc)))
-            return
+            raise CallFailed(Failure("invalid", str(exc))) from None
         except Exception as exc:
-            self._reply(call_id, Failure("internal", f"{spec.path}: {type(exc).__name__}: {exc}"))
-            return
-        self._models[spec.key] = _LoadedModel(adapter, spec.instances)
-        self._reply(call_id, signature)
+            raise CallFailed(Failure("internal", f"{spec.path}: {type(exc).__name__}: {exc}")) from None
+        previous = self.models.get(spec.key)
+        self.models[spec.key] = HostedModel(spec, adapter)
+        if previous is not None:
+            await previous.close()
+        return signature
 
-    def _unload(self, call_id: int, body: UnloadModel) -> None:
-        loaded = self._models.pop(body.key, None)
-        if loaded is not None:
-            loaded.pool.shutdown(wait=True)
-            loaded.adapter.close()
-        self._reply(call_id, None)
+    async def _unload(self, key: str) -> None:
+        model = self.models.get(key)
+        if model is not None:
+            await model.close()
+            if self.models.get(key) is model:
+                del self.models[key]
 
-    def _execute(self, call_id: int, adapter: RuntimeAdapter, call: Execute) -> None:
-        started = time.monotonic_ns()
-        try:
-            result: Any = ExecuteResult(adapter.execute(call.inputs, call.outputs), started, time.monotonic_ns())
-        except InvalidInput as exc:
-            result = Failure("invalid", str(exc))
-        except Exception as exc:
-            log_event(log, "execute_failed", level=logging.ERROR, model=call.key, error=f"{type(exc).__name__}: {exc}")
-            result = Failure("internal", f"{type(exc).__name__}: {exc}")
-        self._reply(call_id, result)
 
-    def _reply(self, call_id: int, body: Any) -> None:
-        with contextlib.suppress(OSError):  # the gateway is gone; the main loop sees end of stream
-            self._channel.send(Envelope(call_id, body))
+def _open(spec: LoadModel) -> tuple[RuntimeAdapter, Signature | None]:
+    adapter = _adapter_class(spec.platform)(spec)
+    return adapter, adapter.signature()
 
 
 def _adapter_class(platform: str) -> type[RuntimeAdapter]:
@@ -107,13 +161,152 @@ def _adapter_class(platform: str) -> type[RuntimeAdapter]:
     return adapter
 
 
+class FrontendConnection:
+    """One frontend's data connection: its requests into the schedulers, their answers back."""
+
+    def __init__(self, host: Host, inputs: Arena, outputs: Arena) -> None:
+        self._host = host
+        self._inputs = inputs
+        self._outputs = outputs
+        self.peer = Peer(self._on_message, self._lost)
+        self._pending: dict[int, tuple[HostedModel, Pending]] = {}
+        self._outbox: list[Outcome] = []
+
+    def _on_message(self, body: Any) -> Any:
+        if isinstance(body, Submit):
+            self._submit(body)
+        elif isinstance(body, Release):
+            for offset in body.offsets:
+                self._outputs.free(offset)
+        elif isinstance(body, Cancel):
+            entry = self._pending.get(body.id)
+            if entry is not None:
+                entry[0].scheduler.cancel(entry[1])
+        elif isinstance(body, Failed):
+            model = self._host.models.get(body.key)
+            if model is not None:
+                model.scheduler.stats.fail.add(body.ns)
+        elif isinstance(body, StatsQuery):
+            return {key: self._host.models[key].scheduler.stats.as_dict()
+                    for key in body.keys if key in self._host.models}
+        return None
+
+    def _submit(self, request: Submit) -> None:
+        model = self._host.models.get(request.key)
+        if model is None or model.unloading:
+            name = request.key.rsplit(":", 1)[0]
+            self._send(Outcome(request.id, error_kind="Unavailable",
+                               error=f"model '{name}' is not loaded in the {self._host.framework} worker"))
+            return
+        inputs = {name: self._inputs.array(t) if isinstance(t, TensorRef) else t for name, t in request.inputs.items()}
+        try:
+            pending = model.scheduler.enqueue(inputs, request.outputs, request.rows, request.priority,
+                                              request.timeout_s)
+        except TensorGateError as exc:
+            model.scheduler.stats.fail.add(time.monotonic_ns() - request.received_ns)
+            self._send(Outcome(request.id, error_kind=type(exc).__name__, error=exc.message))
+            return
+        self._pending[request.id] = (model, pending)
+        pending.future.add_done_callback(functools.partial(self._answered, request.id, request.received_ns, model))
+
+    def _answered(self, request_id: int, received_ns: int, model: HostedModel,
+                  future: "asyncio.Future[dict[str, np.ndarray]]") -> None:
+        self._pending.pop(request_id, None)
+        if not self.peer.connected:
+            return
+        if future.cancelled():  # dropped from the queue: the frontend may now free its inputs
+            self._send(Outcome(request_id, error_kind="Unavailable", error="cancelled"))
+            return
+        elapsed = time.monotonic_ns() - received_ns
+        exc = future.exception()
+        if exc is not None:
+            model.scheduler.stats.fail.add(elapsed)
+            message = exc.message if isinstance(exc, TensorGateError) else str(exc)
+            self._send(Outcome(request_id, error_kind=type(exc).__name__, error=message))
+            return
+        model.scheduler.stats.success.add(elapsed)
+        self._send(Outcome(request_id, {name: self._wire(array) for name, array in future.result().items()}))
+
+    def _wire(self, array: np.ndarray) -> WireTensor:
+        ref = self._outputs.put(array)
+        return ref if ref is not None else np.ascontiguousarray(array)
+
+    def _send(self, outcome: Outcome) -> None:
+        """Queue an answer; all answers ready in this turn of the loop go out as one frame."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(outcome)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        self.peer.notify(Results(outbox))
+
+    def _lost(self) -> None:
+        """The frontend has gone: its queued requests leave the queues, nobody waits for the rest."""
+        for model, pending in list(self._pending.values()):
+            model.scheduler.cancel(pending)
+        self._pending.clear()
+
+
+class DataListener:
+    """Accepts frontends' data connections: a hello with two arena fds, then framed messages."""
+
+    def __init__(self, host: Host, address: str) -> None:
+        self._host = host
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(socket_address(address))
+        self._sock.listen(64)
+        self._sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self._loop.add_reader(conn.fileno(), self._hello, conn)
+
+    def _hello(self, conn: socket.socket) -> None:
+        self._loop.remove_reader(conn.fileno())
+        try:
+            message, fds, _, _ = socket.recv_fds(conn, HELLO.size, 2)
+        except OSError:
+            conn.close()
+            return
+        if len(message) != HELLO.size or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        in_size, out_size = HELLO.unpack(message)
+        connection = FrontendConnection(self._host, Arena(in_size, fds[0]), Arena(out_size, fds[1]))
+        task = asyncio.ensure_future(self._loop.connect_accepted_socket(lambda: connection.peer, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _serve(control_fd: int, framework: str, address: str) -> None:
+    host = Host(framework)
+    loop = asyncio.get_running_loop()
+    _, control = await loop.create_unix_connection(lambda: Peer(host.handle_control),
+                                                   sock=socket.socket(fileno=control_fd))
+    DataListener(host, address)
+    await control.closed.wait()
+
+
 def main(argv: list[str]) -> int:
-    framework, fd = argv[0], int(argv[1])
+    framework, address, control_fd = argv[0], argv[1], int(argv[2])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"ts=%(asctime)s level=%(levelname)s logger=%(name)s worker={framework} %(message)s")
-    with socket.socket(fileno=fd) as sock:
-        Worker(SocketChannel(sock)).serve()
-    return 0
+    uvloop.run(_serve(control_fd, framework, address))
+    # Framework thread pools (TensorFlow's, XLA's) can hold interpreter exit; the supervisor has
+    # already failed whatever was in flight, so leave at once.
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
 from gateway.protocol.errors import TensorGateError
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
-from gateway.repository.manager import State
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -39,10 +38,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         try:
-            mv = self._plane.model_ready(request.name, request.version or None)
+            model = self._plane.model(request.name, request.version or None)
         except TensorGateError as exc:
             await _abort(context, exc)
-        return pb.ModelReadyResponse(ready=mv.state is State.READY)
+        return pb.ModelReadyResponse(ready=model.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: Any) -> pb.ServerMetadataResponse:
@@ -73,7 +72,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             response = await self._plane.infer(decode_infer_request(request), "grpc")
         except TensorGateError as exc:
             await _abort(context, exc)
-        return encode_infer_response(response)
+        try:
+            return encode_infer_response(response)
+        finally:
+            response.done()
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -83,12 +85,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 response = await self._plane.infer(decode_infer_request(request), "grpc")
             except TensorGateError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message)
-            else:
-                yield pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+                continue
+            try:
+                encoded = encode_infer_response(response)
+            finally:
+                response.done()
+            yield pb.ModelStreamInferResponse(infer_response=encoded)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         try:
-            stats = self._plane.statistics(request.name or None, request.version or None)
+            stats = await self._plane.statistics(request.name or None, request.version or None)
         except TensorGateError as exc:
             await _abort(context, exc)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
@@ -119,7 +125,8 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Every frontend process binds the same port; the kernel spreads connections over them.
+        ("grpc.so_reuseport", 1),
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)

@@ -5,6 +5,7 @@ are object arrays of ``bytes``. Whether an output travels as binary is a propert
 the *request* (``RequestedOutput.binary``), never of the data.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,10 +64,21 @@ class InferOutput:
 
 @dataclass(slots=True)
 class InferResponse:
-    """The answer to one InferRequest, outputs in the order the client asked for them."""
+    """The answer to one InferRequest, outputs in the order the client asked for them.
+
+    The outputs may be views into shared memory: the transport calls ``release`` once it has
+    encoded them (and must not touch them after).
+    """
 
     model_name: str
     model_version: str
     outputs: list[InferOutput]
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
+    release: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        """The outputs have been encoded: give their memory back."""
+        if self.release is not None:
+            self.release()
+            self.release = None

@@ -5,24 +5,8 @@ config may then omit inputs and outputs. Where both exist they must agree, so a 
 that contradicts the model fails at load time rather than on the first request.
 """
 
-from dataclasses import dataclass
-
+from gateway.contract import Signature, TensorSpec
 from gateway.repository.config import ModelConfig, TensorConfig
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A tensor as served: shape excludes the batch dimension when the model batches."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
 
 
 class SignatureMismatch(Exception):
@@ -84,7 +68,7 @@ def _reconcile(configured: list[TensorConfig] | None, actual: tuple[TensorSpec, 
                 f"{source}: {kind} '{c.name}' is {real.datatype} in the model but {c.datatype} "
                 "in the config"
             )
-        if not _compatible(tuple(c.shape), real.shape):
+        if not real.accepts(tuple(c.shape)):
             raise SignatureMismatch(
                 f"{source}: {kind} '{c.name}' has shape {list(real.shape)} in the model but "
                 f"{list(c.shape)} in the config"
@@ -94,9 +78,3 @@ def _reconcile(configured: list[TensorConfig] | None, actual: tuple[TensorSpec, 
         missing = sorted(set(by_name) - {c.name for c in configured})
         raise SignatureMismatch(f"{source}: the config leaves out model inputs {missing}")
     return tuple(out)
-
-
-def _compatible(configured: tuple[int, ...], actual: tuple[int, ...]) -> bool:
-    return len(configured) == len(actual) and all(
-        a == -1 or c == a for c, a in zip(configured, actual, strict=True)
-    )

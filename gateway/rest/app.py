@@ -19,7 +19,6 @@ from gateway.dataplane import DataPlane
 from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
 from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
 from gateway.protocol.types import InferResponse
-from gateway.repository.manager import State
 from gateway.rest import schemas
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -63,7 +62,7 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
     @app.get("/v2/models/stats", response_model=schemas.StatisticsResponse, tags=["statistics"])
     async def all_statistics() -> Response:
         """Statistics of every model version, in the shape of Triton's statistics extension."""
-        return json_response({"model_stats": plane.statistics(None, None)})
+        return json_response({"model_stats": await plane.statistics(None, None)})
 
     @app.get("/v2/models", response_model=schemas.ModelIndexResponse, tags=["metadata"])
     async def model_index() -> Response:
@@ -73,13 +72,12 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
         return json_response(plane.model_metadata(model_name, model_version))
 
     async def model_ready(_: Request, model_name: str, model_version: str | None) -> Response:
-        mv = plane.model_ready(model_name, model_version)
-        is_ready = mv.state is State.READY
-        body: dict[str, Any] = {"name": mv.name, "version": "" if mv.version is None else str(mv.version),
-                                "ready": is_ready}
-        if not is_ready:
-            body["reason"] = mv.reason
-        return json_response(body, 200 if is_ready else 503)
+        model = plane.model(model_name, model_version)
+        body: dict[str, Any] = {"name": model.name, "version": "" if model.version is None else str(model.version),
+                                "ready": model.ready}
+        if not model.ready:
+            body["reason"] = model.reason
+        return json_response(body, 200 if model.ready else 503)
 
     async def model_config(_: Request, model_name: str, model_version: str | None) -> Response:
         """The model's effective configuration, in the JSON shape of Triton's ModelConfig."""
@@ -91,14 +89,17 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
         infer_request = decode_request(header, binary, model_name, model_version)
         response = await _unless_disconnected(request, plane.infer(infer_request, "rest"))
         names = [o.name for o in response.outputs]
-        payload, json_length = encode_response(response, binary_output_names(infer_request, names))
+        try:
+            payload, json_length = encode_response(response, binary_output_names(infer_request, names))
+        finally:
+            response.done()
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(json_length)})
 
     async def model_statistics(_: Request, model_name: str, model_version: str | None) -> Response:
-        return json_response({"model_stats": plane.statistics(model_name, model_version)})
+        return json_response({"model_stats": await plane.statistics(model_name, model_version)})
 
     not_ready = {404: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ModelReadyResponse}}
     _model_routes(app, "GET", "", model_metadata, response_model=schemas.ModelMetadataResponse,

@@ -1,15 +1,17 @@
 """One model version's queue and dynamic batcher.
 
-Requests arrive validated, wait in a queue per priority level (1 is the highest; FIFO
-within a level), and leave in batches when an instance is free and ``BatchWindow`` says
-the batch is worth sending. A batch concatenates its requests along the batch dimension
-(one copy, into the array that crosses to the worker), never exceeds ``max_batch_size``,
-never splits a request, and only joins requests whose non-batch dimensions match. The
-outputs are sliced back so each request sees only its own rows.
+It lives in the runtime worker, beside the model, and is fed by every frontend, so a batch
+is never split by frontend. Requests arrive validated, wait in a queue per priority level (1
+is the highest; FIFO within a level), and leave in batches when an instance is free and
+``BatchWindow`` says the batch is worth sending. A batch never exceeds ``max_batch_size``,
+never splits a request, and only joins requests whose non-batch dimensions match; the execute
+port gets the requests' inputs as they are and gathers them (``gather``: one copy, on the
+instance's thread, so the event loop never copies a batch). The outputs are sliced back so
+each request sees only its own rows.
 
 Everything here runs on the event loop, so the queue needs no locks. A full queue rejects
 at once; a request whose timeout expires in the queue fails and is never executed; a
-request whose caller is cancelled (client gone) leaves the queue if it has not run yet.
+request that is cancelled (client gone) leaves the queue if it has not run yet.
 """
 
 import asyncio
@@ -20,14 +22,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.contract import SchedulerOptions
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, TensorGateError, Unavailable
-from gateway.repository.config import DynamicBatchingConfig
 from gateway.scheduling.stats import ModelStats
 from gateway.scheduling.window import BatchWindow
-from gateway.workers.ipc import ExecuteResult
 
 Outputs = dict[str, np.ndarray]
-ExecuteBatch = Callable[[dict[str, np.ndarray], list[str]], Awaitable[ExecuteResult]]
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """A batch's outputs, and when execution started and finished (``time.monotonic_ns``,
+    a clock shared by every process on the machine)."""
+
+    outputs: Outputs
+    started_ns: int
+    finished_ns: int
+
+
+#: Run one batch: the requests' inputs (gather them with ``gather``) and the outputs wanted.
+ExecuteBatch = Callable[[list[Inputs], list[str]], Awaitable[ExecuteResult]]
+
+
+def gather(batch: list[Inputs]) -> Inputs:
+    """The batch's inputs concatenated along the batch dimension (a lone request as it is)."""
+    if len(batch) == 1:
+        return batch[0]
+    return {name: np.concatenate([inputs[name] for inputs in batch]) for name in batch[0]}
 
 #: Queue bound when the config sets none: enough for any sane concurrency, never unbounded memory.
 DEFAULT_MAX_QUEUE_SIZE = 1024
@@ -36,7 +58,9 @@ _QUEUED, _RUNNING, _GONE = 0, 1, 2
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
+class Pending:
+    """A queued request; ``future`` resolves to its own outputs."""
+
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     rows: int
@@ -51,20 +75,18 @@ class _Pending:
 class Scheduler:
     """Queues requests for one model version and runs them in batches on ``instances`` instances."""
 
-    def __init__(self, label: str, max_batch_size: int, instances: int, batching: DynamicBatchingConfig | None,
-                 execute: ExecuteBatch, stats: ModelStats) -> None:
-        config = batching or DynamicBatchingConfig()
-        self.label = label
-        self.max_batch_size = max_batch_size
+    def __init__(self, options: SchedulerOptions, execute: ExecuteBatch, stats: ModelStats) -> None:
+        self.label = options.label
+        self.max_batch_size = max_batch_size = options.max_batch_size
         self.stats = stats
         self._execute = execute
-        self._levels = config.priority_levels
-        self._default_priority = min(config.default_priority, self._levels)
-        self._default_timeout_s = config.default_timeout_ms / 1000
-        self.max_queue_size = config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
-        self._queues: list[deque[_Pending]] = [deque() for _ in range(self._levels)]
-        self._window = BatchWindow(max_batch_size, config.max_queue_delay_ms / 1000, config.preferred_batch_sizes)
-        self._idle = instances
+        self._levels = options.priority_levels
+        self._default_priority = min(options.default_priority, self._levels)
+        self._default_timeout_s = options.default_timeout_s
+        self.max_queue_size = options.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
+        self._queues: list[deque[Pending]] = [deque() for _ in range(self._levels)]
+        self._window = BatchWindow(max_batch_size, options.max_queue_delay_s, list(options.preferred_batch_sizes))
+        self._idle = options.instances
         self.queued_requests = 0
         self.inflight_requests = 0
         self._queued_rows = 0
@@ -72,16 +94,26 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._batches: set[asyncio.Task[None]] = set()
 
-    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], rows: int,
+    async def submit(self, inputs: Inputs, outputs: list[str], rows: int,
                      priority: int | None = None, timeout_s: float | None = None) -> Outputs:
-        """Queue one request and wait for its own outputs."""
+        """Queue one request and wait for its own outputs (cancelling the wait cancels the request)."""
+        pending = self.enqueue(inputs, outputs, rows, priority, timeout_s)
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self.cancel(pending)
+            raise
+
+    def enqueue(self, inputs: Inputs, outputs: list[str], rows: int,
+                priority: int | None = None, timeout_s: float | None = None) -> Pending:
+        """Queue one request; its ``future`` resolves to its outputs. Raises at once if refused."""
         level = priority or self._default_priority
         if not 1 <= level <= self._levels:
             raise InvalidRequest(f"priority must be between 1 (highest) and {self._levels} for model {self.label}")
         if self.queued_requests >= self.max_queue_size:
             raise Unavailable(f"model {self.label}: the queue is full ({self.max_queue_size} requests); retry later")
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
+        pending = Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
                            time.monotonic_ns(), loop.create_future())
         self._queues[level - 1].append(pending)
         self.queued_requests += 1
@@ -92,20 +124,23 @@ class Scheduler:
             pending.timer = loop.call_later(timeout, self._expire, pending)
         self._dispatch()
         self.inflight_requests += 1
-        try:
-            return await pending.future
-        except asyncio.CancelledError:
-            if pending.state == _QUEUED:
-                self._leave(pending)
-            raise
-        finally:
-            self.inflight_requests -= 1
+        pending.future.add_done_callback(self._answered)
+        return pending
+
+    def cancel(self, pending: Pending) -> None:
+        """Drop a request whose client has gone, unless it is already running (then it just finishes)."""
+        if pending.state == _QUEUED:
+            self._leave(pending)
+            pending.future.cancel()
+
+    def _answered(self, _: "asyncio.Future[Outputs]") -> None:
+        self.inflight_requests -= 1
 
     @property
     def busy(self) -> bool:
         return bool(self.queued_requests or self._batches)
 
-    def _leave(self, pending: _Pending) -> None:
+    def _leave(self, pending: Pending) -> None:
         """Take a queued request out of the counts (it is dropped from its deque lazily)."""
         pending.state = _GONE
         self.queued_requests -= 1
@@ -113,7 +148,7 @@ class Scheduler:
         if pending.timer is not None:
             pending.timer.cancel()
 
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: Pending) -> None:
         if pending.state != _QUEUED:
             return
         self._leave(pending)
@@ -122,7 +157,7 @@ class Scheduler:
             QueueTimeout(f"model {self.label}: the request timed out after {waited_ms:.1f} ms in the queue")
         )
 
-    def _head(self) -> _Pending | None:
+    def _head(self) -> Pending | None:
         for queue in self._queues:
             while queue and queue[0].state != _QUEUED:
                 queue.popleft()
@@ -156,14 +191,14 @@ class Scheduler:
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
-    def _take_batch(self, head: _Pending) -> list[_Pending]:
+    def _take_batch(self, head: Pending) -> list[Pending]:
         """The head request plus, in priority then arrival order, the compatible ones that fit."""
         if self.max_batch_size == 0:
             batch = [head]
         else:
             batch, rows, full = [], 0, False
             for level, queue in enumerate(self._queues):
-                kept: deque[_Pending] = deque()
+                kept: deque[Pending] = deque()
                 for pending in queue:
                     if pending.state != _QUEUED:
                         continue
@@ -184,16 +219,12 @@ class Scheduler:
                 pending.timer.cancel()
         return batch
 
-    async def _run(self, batch: list[_Pending], rows: int) -> None:
+    async def _run(self, batch: list[Pending], rows: int) -> None:
         dispatched_ns = time.monotonic_ns()
         for pending in batch:
             self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
         try:
-            names = _union(batch)
-            inputs = batch[0].inputs if len(batch) == 1 else {
-                name: np.concatenate([p.inputs[name] for p in batch]) for name in sorted(batch[0].inputs)
-            }
-            result = await self._execute(inputs, names)
+            result = await self._execute([p.inputs for p in batch], _union(batch))
             self._deliver(batch, rows, result.outputs)
             done_ns = time.monotonic_ns()
             self.stats.record_batch(rows, len(batch), result.started_ns - dispatched_ns,
@@ -208,7 +239,7 @@ class Scheduler:
             self._window.completed(asyncio.get_running_loop().time())
             self._dispatch()
 
-    def _deliver(self, batch: list[_Pending], rows: int, outputs: Outputs) -> None:
+    def _deliver(self, batch: list[Pending], rows: int, outputs: Outputs) -> None:
         if self.max_batch_size > 0:
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != rows:
@@ -225,13 +256,13 @@ class Scheduler:
             offset += pending.rows
 
 
-def _shape_key(inputs: dict[str, np.ndarray], max_batch_size: int) -> tuple[tuple[int, ...], ...]:
+def _shape_key(inputs: Inputs, max_batch_size: int) -> tuple[tuple[int, ...], ...]:
     """Requests batch together only when every input matches in its non-batch dimensions."""
     skip = 1 if max_batch_size > 0 else 0
     return tuple(tuple(inputs[name].shape[skip:]) for name in sorted(inputs))
 
 
-def _union(batch: list[_Pending]) -> list[str]:
+def _union(batch: list[Pending]) -> list[str]:
     names: list[str] = []
     for pending in batch:
         names.extend(n for n in pending.outputs if n not in names)

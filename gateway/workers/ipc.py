@@ -1,86 +1,58 @@
-"""The framing both ends of a worker's socket speak.
+"""The framing every connection between the server's processes speaks, and ``Peer``, its asyncio end.
 
 A message is any picklable object, pickled with protocol 5 so that numpy arrays travel
 *out of band*: their memory is written to the socket as-is after the pickle, and the
-receiver's arrays are views over the bytes it read. A tensor therefore crosses the process
-boundary as one bulk copy through the kernel, with no per-element work::
+receiver's arrays are views over the bytes it read. Bulk tensors normally travel through a
+shared arena instead (``gateway.workers.arena``); this path carries control messages, arena
+references, and the tensors that do not fit an arena::
 
     frame  = u32 pickle_len | u32 buffer_count | u64 buffer_len * buffer_count
              | pickle bytes | buffer 0 | buffer 1 | ...
 
-This module is imported by the gateway and by the worker process, and by nothing that
-knows a framework or a transport.
+Both ends of a connection are a ``Peer``: either side may ``call`` (and await a reply),
+``notify`` (no reply), and answer the other's calls with its handler.
 """
 
+import asyncio
+import inspect
+import itertools
 import pickle
-import socket
 import struct
-import threading
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 _PREFIX = struct.Struct("<II")
 _LENGTH = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
-class LoadModel:
-    """Load one model version into the worker under ``key``."""
-
-    key: str
-    model_name: str
-    path: str
-    platform: str
-    max_batch_size: int
-    device: str
-    instances: int
-    parameters: dict[str, Any] = field(default_factory=dict)
-    inputs: list[tuple[str, str]] | None = None
-    outputs: list[tuple[str, str]] | None = None
-    #: dynamic_batching.preferred_batch_sizes: runtimes that compile per shape (JAX) pad batches to these.
-    preferred_batch_sizes: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class UnloadModel:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    """Run one batch: inputs by name, and the outputs wanted (in that order)."""
-
-    key: str
-    inputs: dict[str, np.ndarray]
-    outputs: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ExecuteResult:
-    """A batch's outputs, and when execution started and finished (``time.monotonic_ns``,
-    a clock shared by every process on the machine)."""
-
-    outputs: dict[str, np.ndarray]
-    started_ns: int
-    finished_ns: int
-
-
-@dataclass(frozen=True, slots=True)
 class Envelope:
-    """What travels: a call id and its payload, or a reply to that call id."""
+    """What travels: a call (``call_id`` > 0, a reply expected), a notice (``call_id`` 0), or a reply."""
 
     call_id: int
     body: Any
+    reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A call that failed in the worker. ``kind`` is 'invalid' (the input) or 'internal'."""
+    """A call that failed at the other end. ``kind`` is 'invalid' (the input) or 'internal'."""
 
     kind: str
     message: str
+
+
+class CallFailed(Exception):
+    """A call the peer answered with a Failure."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class ConnectionGone(Exception):
+    """The connection closed before the call was answered."""
 
 
 def encode(message: Envelope) -> list[bytes | memoryview]:
@@ -92,7 +64,7 @@ def encode(message: Envelope) -> list[bytes | memoryview]:
     return [header, payload, *raws]
 
 
-def _decode(payload: bytes, buffers: list[bytes] | list[bytearray]) -> Envelope:
+def _decode(payload: bytes, buffers: list[bytes]) -> Envelope:
     message = pickle.loads(payload, buffers=buffers)
     if not isinstance(message, Envelope):
         raise TypeError(f"unexpected message {type(message).__name__}")
@@ -100,7 +72,7 @@ def _decode(payload: bytes, buffers: list[bytes] | list[bytearray]) -> Envelope:
 
 
 class FrameDecoder:
-    """The gateway's end: feed bytes as they arrive, take whole messages out.
+    """Feed bytes as they arrive, take whole messages out.
 
     Push-based, so an asyncio Protocol decodes every complete frame in one ``data_received``
     call instead of suspending once per field.
@@ -113,68 +85,140 @@ class FrameDecoder:
         buffer = self._buffer
         buffer += data
         messages = []
-        while len(buffer) >= _PREFIX.size:
-            payload_len, count = _PREFIX.unpack_from(buffer)
-            head = _PREFIX.size + 8 * count
-            if len(buffer) < head:
-                break
-            lengths = struct.unpack_from(f"<{count}Q", buffer, _PREFIX.size)
-            end = head + payload_len + sum(lengths)
-            if len(buffer) < end:
-                break
-            with memoryview(buffer) as view:
+        start = 0
+        size = len(buffer)
+        with memoryview(buffer) as view:
+            while size - start >= _PREFIX.size:
+                payload_len, count = _PREFIX.unpack_from(buffer, start)
+                head = start + _PREFIX.size + 8 * count
+                if size < head:
+                    break
+                lengths = struct.unpack_from(f"<{count}Q", buffer, start + _PREFIX.size)
+                end = head + payload_len + sum(lengths)
+                if size < end:
+                    break
                 payload = bytes(view[head : head + payload_len])
                 position = head + payload_len
                 buffers = []
                 for n in lengths:
                     buffers.append(bytes(view[position : position + n]))
                     position += n
-            del buffer[:end]
-            messages.append(_decode(payload, buffers))
+                messages.append(_decode(payload, buffers))
+                start = end
+        if start:
+            del buffer[:start]
         return messages
 
 
-class SocketChannel:
-    """The worker's blocking end: one reader thread, replies from many threads."""
+#: Answers the peer's calls and notices; may return a value or an awaitable of one.
+Handler = Callable[[Any], Any]
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._send_lock = threading.Lock()
 
-    def receive(self) -> Envelope | None:
-        """The next message, or None when the gateway has closed the socket."""
-        prefix = self._read_exactly(_PREFIX.size)
-        if prefix is None:
-            return None
-        payload_len, count = _PREFIX.unpack(prefix)
-        table = self._read_exactly(8 * count) if count else bytearray()
-        if table is None:
-            return None
-        lengths = struct.unpack(f"<{count}Q", table)
-        payload = self._read_exactly(payload_len)
-        if payload is None:
-            return None
-        buffers = []
-        for n in lengths:
-            buffer = self._read_exactly(n) if n else bytearray()
-            if buffer is None:
-                return None
-            buffers.append(buffer)
-        return _decode(bytes(payload), buffers)
+class Peer(asyncio.Protocol):
+    """One end of a framed connection: calls out, notices both ways, the peer's calls answered by ``handle``."""
 
-    def send(self, message: Envelope) -> None:
-        parts = encode(message)
-        with self._send_lock:
-            for part in parts:
-                self._sock.sendall(part)
+    def __init__(self, handle: Handler | None = None, on_lost: Callable[[], None] | None = None) -> None:
+        self._decoder = FrameDecoder()
+        self._handle = handle
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._transport: asyncio.Transport | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
 
-    def _read_exactly(self, n: int) -> bytearray | None:
-        buffer = bytearray(n)
-        view = memoryview(buffer)
-        got = 0
-        while got < n:
-            chunk = self._sock.recv_into(view[got:], n - got)
-            if chunk == 0:
-                return None
-            got += chunk
-        return buffer
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self.closed.is_set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            if message.reply:
+                future = self._pending.pop(message.call_id, None)
+                if future is not None and not future.done():
+                    if isinstance(message.body, Failure):
+                        future.set_exception(CallFailed(message.body))
+                    else:
+                        future.set_result(message.body)
+            else:
+                self._answer(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        self.closed.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionGone("the connection closed"))
+        self._pending.clear()
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def call(self, body: Any) -> Any:
+        """Send ``body`` and wait for the reply (CallFailed / ConnectionGone on failure)."""
+        if not self.connected:
+            raise ConnectionGone("the connection is closed")
+        call_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        try:
+            self._write(Envelope(call_id, body))
+            await self._writable.wait()
+            return await future
+        finally:
+            self._pending.pop(call_id, None)
+
+    def notify(self, body: Any) -> None:
+        """Send ``body`` without waiting for anything (dropped if the connection is closed)."""
+        if self.connected:
+            self._write(Envelope(0, body))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _write(self, message: Envelope) -> None:
+        assert self._transport is not None
+        self._transport.writelines(encode(message))
+
+    def _answer(self, message: Envelope) -> None:
+        if self._handle is None:
+            self._reply(message, Failure("internal", "this end takes no calls"))
+            return
+        try:
+            result = self._handle(message.body)
+        except CallFailed as exc:
+            self._reply(message, exc.failure)
+            return
+        except Exception as exc:
+            self._reply(message, Failure("internal", f"{type(exc).__name__}: {exc}"))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish(message, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._reply(message, result)
+
+    async def _finish(self, message: Envelope, result: Awaitable[Any]) -> None:
+        try:
+            value = await result
+        except CallFailed as exc:
+            value = exc.failure
+        except Exception as exc:
+            value = Failure("internal", f"{type(exc).__name__}: {exc}")
+        self._reply(message, value)
+
+    def _reply(self, message: Envelope, value: Any) -> None:
+        if message.call_id and self.connected:
+            self._write(Envelope(message.call_id, value, reply=True))

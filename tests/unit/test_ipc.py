@@ -1,49 +1,18 @@
-"""The worker socket framing (gateway/workers/ipc.py) over real socket pairs."""
+"""The framing between the server's processes (gateway/workers/ipc.py), and Peer over real socket pairs."""
 
+import asyncio
 import pickle
 import socket
 import struct
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from gateway.workers.ipc import (
-    Envelope,
-    Execute,
-    Failure,
-    FrameDecoder,
-    LoadModel,
-    SocketChannel,
-    UnloadModel,
-    encode,
-)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    left, right = socket.socketpair()
-    yield left, right
-    left.close()
-    right.close()
-
-
-def _send_in_background(sock: socket.socket, message: Envelope) -> threading.Thread:
-    """Send from a thread, so a frame larger than the socket buffer cannot deadlock the test."""
-    thread = threading.Thread(target=SocketChannel(sock).send, args=(message,))
-    thread.start()
-    return thread
-
-
-def _round_trip(pair: tuple[socket.socket, socket.socket], message: Envelope) -> Envelope:
-    sender = _send_in_background(pair[0], message)
-    received = SocketChannel(pair[1]).receive()
-    sender.join()
-    assert received is not None
-    return received
+from gateway.contract import LoadModel, Submit, TensorRef, UnloadModel
+from gateway.workers.ipc import CallFailed, ConnectionGone, Envelope, Failure, FrameDecoder, Peer, encode
 
 
 def _decoded(message: Envelope, chunk: int = 7) -> Envelope:
@@ -82,7 +51,8 @@ MESSAGES: dict[str, Any] = {
                       device="cpu", instances=2, parameters={"threads": 2}, inputs=[("x", "FP32")],
                       outputs=[("y", "FP32")]),
     "unload": UnloadModel(key="m:1"),
-    "execute": Execute(key="m:1", inputs={"x": np.arange(4, dtype=np.float32)}, outputs=["y"]),
+    "submit": Submit(id=3, key="m:1", inputs={"x": np.arange(4, dtype=np.float32), "z": TensorRef(64, 16, "<f4", (4,))},
+                     outputs=["y"], rows=1, priority=None, timeout_s=0.5, received_ns=12),
     "failure": Failure(kind="invalid", message="input 'x' is bad"),
     "reply": {"y": np.ones((2, 2), dtype=np.float32)},
     "none": None,
@@ -90,11 +60,10 @@ MESSAGES: dict[str, Any] = {
 
 
 def _assert_bodies_equal(got: Any, want: Any) -> None:
-    if isinstance(want, Execute):
-        assert isinstance(got, Execute)
-        assert (got.key, got.outputs, set(got.inputs)) == (want.key, want.outputs, set(want.inputs))
-        for name, array in want.inputs.items():
-            _assert_arrays_equal(got.inputs[name], array)
+    if isinstance(want, Submit):
+        assert isinstance(got, Submit)
+        assert (got.key, got.outputs, got.inputs["z"]) == (want.key, want.outputs, want.inputs["z"])
+        _assert_arrays_equal(got.inputs["x"], want.inputs["x"])  # type: ignore[arg-type]
     elif isinstance(want, dict):
         assert set(got) == set(want)
         for name, array in want.items():
@@ -103,81 +72,114 @@ def _assert_bodies_equal(got: Any, want: Any) -> None:
         assert got == want
 
 
-# --- SocketChannel (the worker's blocking end) ------------------------------------------------------------------
+# --- Peer (both ends of every connection) -----------------------------------------------------------------------
+
+
+def _echo(body: Any) -> Any:
+    """The right-hand peer's handler: refuses, fails, answers later, or echoes."""
+    if isinstance(body, str) and body == "refuse":
+        raise CallFailed(Failure("invalid", "refused"))
+    if isinstance(body, str) and body == "boom":
+        raise RuntimeError("it broke")
+    if isinstance(body, str) and body == "later":
+        return asyncio.sleep(0.01, result="done later")
+    return body
+
+
+def with_peers(scenario: Callable[[Peer, Peer, list[Any]], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario(left, right, notices)`` over two Peers on a real socket pair."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        left_sock, right_sock = socket.socketpair()
+        notices: list[Any] = []
+
+        def handle(body: Any) -> Any:
+            notices.append(body)
+            return _echo(body)
+
+        _, left = await loop.create_unix_connection(Peer, sock=left_sock)
+        _, right = await loop.create_unix_connection(lambda: Peer(handle), sock=right_sock)
+        try:
+            await scenario(left, right, notices)
+        finally:
+            left.close()
+            right.close()
+            await asyncio.sleep(0)
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("kind", list(MESSAGES))
-def test_channel_round_trip_of_each_message(pair: tuple[socket.socket, socket.socket], kind: str) -> None:
-    received = _round_trip(pair, Envelope(call_id=42, body=MESSAGES[kind]))
-    assert received.call_id == 42
-    _assert_bodies_equal(received.body, MESSAGES[kind])
+def test_peer_call_round_trip_of_each_message(kind: str) -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        if kind == "failure":  # a Failure as the reply is how a call fails
+            with pytest.raises(CallFailed, match="input 'x' is bad"):
+                await left.call(MESSAGES[kind])
+        else:
+            _assert_bodies_equal(await left.call(MESSAGES[kind]), MESSAGES[kind])
+    with_peers(scenario)
 
 
 @pytest.mark.parametrize("kind", list(ARRAYS))
-def test_channel_round_trip_of_arrays(pair: tuple[socket.socket, socket.socket], kind: str) -> None:
-    received = _round_trip(pair, Envelope(1, ARRAYS[kind]))
-    _assert_arrays_equal(received.body, ARRAYS[kind])
+def test_peer_call_round_trip_of_arrays(kind: str) -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        _assert_arrays_equal(await left.call(ARRAYS[kind]), ARRAYS[kind])
+    with_peers(scenario)
 
 
-def test_channel_round_trip_of_a_10_mb_array(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_peer_round_trip_of_a_10_mb_array() -> None:
     array = np.random.default_rng(0).random(10 * 1024 * 1024 // 8)
-    received = _round_trip(pair, Envelope(1, Execute("k", {"x": array}, ["y"])))
-    _assert_arrays_equal(received.body.inputs["x"], array)
+
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        _assert_arrays_equal((await left.call({"x": array}))["x"], array)
+    with_peers(scenario)
 
 
-def test_channel_receives_several_messages_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
-    sender = SocketChannel(pair[0])
-    for call_id in range(3):
-        sender.send(Envelope(call_id, np.full(4, call_id)))
-    receiver = SocketChannel(pair[1])
-    for call_id in range(3):
-        received = receiver.receive()
-        assert received is not None
-        assert received.call_id == call_id
-        assert received.body.tolist() == [call_id] * 4
+def test_peer_notices_arrive_in_order_and_get_no_reply() -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        for i in range(3):
+            left.notify(np.full(4, i))
+        assert await left.call("last") == "last"
+        assert [n.tolist() for n in notices[:3]] == [[i] * 4 for i in range(3)]
+    with_peers(scenario)
 
 
-def test_channel_received_arrays_are_writable(pair: tuple[socket.socket, socket.socket]) -> None:
-    received = _round_trip(pair, Envelope(1, np.zeros(3, dtype=np.float32)))
-    received.body[0] = 1.0
-    assert received.body.tolist() == [1.0, 0.0, 0.0]
+def test_peer_calls_answered_later_and_concurrently() -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        assert list(await asyncio.gather(left.call("later"), left.call("now"))) == ["done later", "now"]
+    with_peers(scenario)
 
 
-def test_channel_receive_returns_none_on_closed_socket(pair: tuple[socket.socket, socket.socket]) -> None:
-    pair[0].close()
-    assert SocketChannel(pair[1]).receive() is None
+def test_peer_refusals_and_handler_errors_come_back_as_call_failed() -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        with pytest.raises(CallFailed, match="refused") as refused:
+            await left.call("refuse")
+        assert refused.value.failure.kind == "invalid"
+        with pytest.raises(CallFailed, match="RuntimeError: it broke"):
+            await left.call("boom")
+        assert await left.call("still serving") == "still serving"
+    with_peers(scenario)
 
 
-def test_channel_receive_returns_none_after_the_last_message(pair: tuple[socket.socket, socket.socket]) -> None:
-    SocketChannel(pair[0]).send(Envelope(1, "bye"))
-    pair[0].close()
-    receiver = SocketChannel(pair[1])
-    received = receiver.receive()
-    assert received is not None and received.body == "bye"
-    assert receiver.receive() is None
+def test_peer_calls_in_flight_fail_when_the_connection_closes() -> None:
+    async def scenario(left: Peer, right: Peer, notices: list[Any]) -> None:
+        call = asyncio.ensure_future(right.call("no handler answers on the left"))
+        await asyncio.sleep(0.01)
+        pending = asyncio.ensure_future(left.call("later"))
+        right.close()
+        with pytest.raises(ConnectionGone):
+            await pending
+        with pytest.raises((CallFailed, ConnectionGone)):
+            await call
+        await left.closed.wait()
+        with pytest.raises(ConnectionGone):
+            await left.call("after the close")
+    with_peers(scenario)
 
 
-def test_channel_receive_returns_none_when_closed_inside_the_payload(
-        pair: tuple[socket.socket, socket.socket]) -> None:
-    frame = b"".join(bytes(part) for part in encode(Envelope(1, "a message")))
-    pair[0].sendall(frame[:-3])
-    pair[0].close()
-    assert SocketChannel(pair[1]).receive() is None
-
-
-def test_channel_receive_returns_none_when_closed_inside_the_length_table(
-        pair: tuple[socket.socket, socket.socket]) -> None:
-    header = bytes(encode(Envelope(1, np.arange(4)))[0])
-    pair[0].sendall(header[:12])
-    pair[0].close()
-    assert SocketChannel(pair[1]).receive() is None
-
-
-def test_channel_rejects_a_frame_that_is_not_an_envelope(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_decoder_rejects_a_frame_that_is_not_an_envelope() -> None:
     payload = pickle.dumps(("not", "an", "envelope"), protocol=5)
-    pair[0].sendall(struct.pack("<II", len(payload), 0) + payload)
     with pytest.raises(TypeError, match="unexpected message tuple"):
-        SocketChannel(pair[1]).receive()
+        FrameDecoder().feed(struct.pack("<II", len(payload), 0) + payload)
 
 
 # --- encode ----------------------------------------------------------------------------------------------------

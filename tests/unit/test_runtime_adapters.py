@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from gateway.workers.ipc import LoadModel
+from gateway.contract import LoadModel
 from runtimes.base import ModelLoadError, batch_buckets, bucket_for, pad_rows
 from tests.helpers import load_script
 

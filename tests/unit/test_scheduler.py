@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.contract import SchedulerOptions
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, Unavailable
-from gateway.repository.config import DynamicBatchingConfig
-from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.scheduler import ExecuteResult, Inputs, Scheduler, gather
 from gateway.scheduling.stats import ModelStats
-from gateway.workers.ipc import ExecuteResult
 
 
 class FakeModel:
@@ -29,7 +28,8 @@ class FakeModel:
             self.release.set()
         self.started = asyncio.Event()
 
-    async def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
+    async def __call__(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        inputs = gather(batch)
         self.batches.append(inputs["x"])
         self.started.set()
         await self.release.wait()
@@ -38,7 +38,7 @@ class FakeModel:
 
 
 def make(model: FakeModel, max_batch_size: int = 8, instances: int = 1, **batching: Any) -> Scheduler:
-    return Scheduler("'fake' version 1", max_batch_size, instances, DynamicBatchingConfig(**batching), model,
+    return Scheduler(SchedulerOptions("'fake' version 1", max_batch_size, instances, **batching), model,
                      ModelStats("fake", "1"))
 
 
@@ -200,11 +200,11 @@ def test_instances_run_batches_in_parallel() -> None:
 
 
 def test_wrong_number_of_output_rows_fails_the_whole_batch() -> None:
-    async def broken(inputs: dict[str, np.ndarray], outputs: list[str]) -> ExecuteResult:
-        return ExecuteResult({"y": inputs["x"][:1]}, 0, 0)
+    async def broken(batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        return ExecuteResult({"y": gather(batch)["x"][:1]}, 0, 0)
 
     async def scenario() -> None:
-        scheduler = Scheduler("'broken' version 1", 8, 1, None, broken, ModelStats("broken", "1"))
+        scheduler = Scheduler(SchedulerOptions("'broken' version 1", 8), broken, ModelStats("broken", "1"))
         with pytest.raises(InferenceFailed, match="for a batch of 2"):
             await scheduler.submit(rows(0, n=2), ["y"], 2)
     run(scenario)

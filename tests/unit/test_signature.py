@@ -4,8 +4,9 @@ from typing import Any
 
 import pytest
 
+from gateway.contract import Signature, TensorSpec
 from gateway.repository.config import ModelConfig
-from gateway.repository.signature import Signature, SignatureMismatch, TensorSpec, resolve_signature
+from gateway.repository.signature import SignatureMismatch, resolve_signature
 
 SOURCE = "/repo/m/1/model.onnx"
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from gateway.contract import Signature, TensorSpec
 from gateway.protocol.errors import InvalidRequest
 from gateway.protocol.types import InferInput, InferRequest, RequestedOutput
-from gateway.repository.signature import Signature, TensorSpec
 from gateway.validation import validate_request
 
 SIGNATURE = Signature(

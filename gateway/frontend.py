@@ -1,0 +1,123 @@
+"""A frontend process: REST and gRPC on the server's shared ports, doing the protocol work only.
+
+Started by the supervisor as ``python -m gateway.frontend INDEX SETTINGS_JSON CONTROL_FD``.
+Every frontend binds the same REST and gRPC ports with SO_REUSEPORT, so the kernel spreads
+connections over them and the protocol work (parse, validate, encode) scales with the cores.
+A frontend holds no model state beyond the ModelTable the supervisor publishes; it sends each
+validated request to the runtime worker that holds the model's queue (``gateway.dataplane``).
+
+The control connection carries the supervisor's ModelTable updates, the drain order (turn
+not-ready, refuse new inference with 503, keep listening), snapshots for metrics and the
+drain, and the final stop. A frontend whose supervisor has gone stops at once.
+"""
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, Stop
+from gateway.dataplane import DataPlane, WorkerLinks
+from gateway.grpc.servicer import create_grpc_server
+from gateway.logs import configure
+from gateway.metrics import RequestMetrics
+from gateway.rest.app import create_app
+from gateway.settings import Settings
+from gateway.workers.ipc import Peer
+
+#: Each shared-memory arena (one for requests, one for answers, per worker): address space, not memory;
+#: only the pages tensors touch are resident. A tensor that does not fit travels through the socket.
+ARENA_BYTES = 256 * 1024 * 1024
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor owns shutdown for all processes."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that other frontends may bind too (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Frontend:
+    """One frontend's transports over its DataPlane, steered by the supervisor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = RequestMetrics(enabled=settings.metrics_port != 0)
+        self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
+        config = uvicorn.Config(create_app(self.plane, settings.max_request_bytes), loop="none", http="httptools",
+                                lifespan="off", log_level="warning", access_log=False, timeout_keep_alive=30)
+        self.rest = _UvicornServer(config)
+        self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes)
+        self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def handle(self, body: Any) -> Any:
+        """The supervisor's calls."""
+        if isinstance(body, ModelTable):
+            self.plane.update(body)
+        elif isinstance(body, FrontendSnapshot):
+            return self._state()
+        elif isinstance(body, Drain):
+            self.plane.draining = True
+            return self._state()  # counted at the moment the drain began
+        elif isinstance(body, Stop):
+            self._finish(body.grace_s)
+        return None
+
+    def _state(self) -> FrontendState:
+        return FrontendState(self.metrics.snapshot(), self.plane.in_flight, len(self.rest.server_state.tasks))
+
+    def _finish(self, grace_s: float) -> None:
+        if not self._stop.done():
+            self._stop.set_result(grace_s)
+
+    async def run(self, control_fd: int) -> None:
+        settings = self.settings
+        await self.grpc.start()
+        serving = asyncio.create_task(self.rest.serve(sockets=[listen_socket(settings.host, settings.http_port)]))
+        while not self.rest.started and not serving.done():
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: Peer(self.handle, lambda: self._finish(0.0)),
+                                          sock=socket.socket(fileno=control_fd))
+        grace = await self._stop
+        self.rest.config.timeout_graceful_shutdown = max(1, math.ceil(grace))
+        self.rest.should_exit = True
+        await self.grpc.stop(grace=grace)
+        await serving
+
+
+async def _main(control_fd: int, settings: Settings) -> None:
+    await Frontend(settings).run(control_fd)
+
+
+def main(argv: list[str]) -> int:
+    index, settings, control_fd = int(argv[0]), Settings.from_json(argv[1]), int(argv[2])
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    configure(settings.log_level, f"frontend-{index}")
+    uvloop.run(_main(control_fd, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

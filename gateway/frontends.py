@@ -1,0 +1,99 @@
+"""The frontend processes: started together, kept at their number, told everything at once.
+
+A frontend that dies is replaced at once (its clients' connections are gone with it; the
+worker drops whatever it had queued for it). A new frontend gets the current ModelTable
+before it counts as started, so it never answers from an empty table.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, Stop
+from gateway.logs import log_event
+from gateway.settings import Settings
+from gateway.workers.ipc import CallFailed, ConnectionGone
+from gateway.workers.process import ChildProcess
+
+log = logging.getLogger("tensorgate.frontends")
+
+
+class FrontendStartFailed(Exception):
+    """A frontend exited before it was serving (e.g. its port could not be bound); see its log."""
+
+
+class FrontendPool:
+    def __init__(self, settings: Settings, table: Callable[[], ModelTable]) -> None:
+        self._settings = settings
+        self._table = table
+        self._frontends: dict[int, ChildProcess] = {}
+        self._closing = False
+        self.replacements = 0
+        self._background: set[asyncio.Task[None]] = set()
+
+    def pids(self) -> dict[str, int | None]:
+        return {f"frontend-{i}": f.pid for i, f in sorted(self._frontends.items())}
+
+    async def start(self) -> None:
+        """Start every frontend and wait until each is listening with the current table."""
+        await asyncio.gather(*(self._start(i) for i in range(self._settings.frontends)))
+
+    async def publish(self) -> None:
+        """Send the current ModelTable to every frontend and wait until each has it."""
+        await self._each(self._table())
+
+    async def drain(self) -> tuple[int, int]:
+        """Turn every frontend not-ready; (inferences, HTTP requests) in progress at that moment."""
+        return _in_progress(await self._each(Drain()))
+
+    async def snapshots(self) -> list[FrontendState]:
+        replies = await self._each(FrontendSnapshot())
+        return [r for r in replies if isinstance(r, FrontendState)]
+
+    async def in_progress(self) -> tuple[int, int]:
+        """(inferences, HTTP requests) in progress in all frontends."""
+        return _in_progress(await self.snapshots())
+
+    async def stop(self, grace_s: float) -> None:
+        """Have every frontend close its listeners (``grace_s`` to send what it has) and exit."""
+        self._closing = True
+        await self._each(Stop(grace_s))
+        await asyncio.gather(*(f.stop(timeout=grace_s + 10) for f in self._frontends.values()))
+
+    async def _start(self, index: int) -> None:
+        frontend = ChildProcess("frontend", f"frontend-{index}", "gateway.frontend",
+                                [str(index), self._settings.to_json()], self._exited)
+        await frontend.start()
+        try:
+            await frontend.call(self._table())
+        except (ConnectionGone, CallFailed):
+            returncode = await frontend.wait()
+            raise FrontendStartFailed(f"frontend-{index} exited with {returncode} before it was serving") from None
+        self._frontends[index] = frontend
+
+    async def _each(self, body: Any) -> list[Any]:
+        live = [f for f in self._frontends.values() if f.alive]
+        return await asyncio.gather(*(f.call(body) for f in live), return_exceptions=True)
+
+    def _exited(self, frontend: ChildProcess) -> None:
+        if self._closing:
+            return
+        index = int(frontend.role.rsplit("-", 1)[1])
+        self._frontends.pop(index, None)
+        task = asyncio.get_running_loop().create_task(self._replace(index))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _replace(self, index: int) -> None:
+        self.replacements += 1
+        log_event(log, "frontend_replacing", frontend=index, replacements=self.replacements)
+        try:
+            await self._start(index)
+        except FrontendStartFailed as exc:
+            log_event(log, "frontend_replace_failed", level=logging.ERROR, frontend=index, reason=str(exc))
+
+
+def _in_progress(states: list[Any]) -> tuple[int, int]:
+    live = [s for s in states if isinstance(s, FrontendState)]
+    return sum(s.inferences for s in live), sum(s.http_requests for s in live)
