@@ -4,8 +4,10 @@
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
 ``runtimes/torchscript.py``), and times one call per batch size: the median of repeated
-calls after a warm-up. Prints ``TGBENCH {json}``: {"framework", "threads", "batches":
-{size: {"median_ms", "mean_ms", "runs"}}}.
+calls after a warm-up. ``--inputs`` describes the model's inputs as the server states them
+(JSON: {"batched": bool, "tensors": [{"name", "datatype", "shape"}]}, shapes without the batch
+dim), and the data is generated as for the served requests (``benchmarks.inputs``). Prints
+``TGBENCH {json}``: {"framework", "threads", "batches": {size: {"median_ms", "mean_ms", "runs"}}}.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from benchmarks.inputs import SEED, generate
+
 RESULT_PREFIX = "TGBENCH "
-Runner = Callable[[np.ndarray], object]
+#: Formats timed offline, and the file a Triton-style repository holds them in.
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+#: Metadata platforms (Triton's names, which TensorGate reports too) of those formats.
+PLATFORMS = {"onnxruntime_onnx": "onnx", "onnx": "onnx", "pytorch_libtorch": "torchscript",
+             "torchscript": "torchscript"}
+Runner = Callable[[list[tuple[str, np.ndarray]]], object]
 
 
 def onnx_runner(path: Path, threads: int) -> tuple[str, Runner]:
@@ -35,9 +45,19 @@ def onnx_runner(path: Path, threads: int) -> tuple[str, Runner]:
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    names = {i.name for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
-    return f"onnxruntime {ort.__version__}", lambda x: session.run(outputs, {name: x})
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        return session.run(outputs, dict(inputs))
+
+    def check(inputs: list[tuple[str, np.ndarray]]) -> object:
+        missing = sorted({name for name, _ in inputs} - names)
+        if missing:
+            raise SystemExit(f"{path} has no input {', '.join(missing)} (its inputs: {', '.join(sorted(names))})")
+        return run(inputs)
+
+    return f"onnxruntime {ort.__version__}", check
 
 
 def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
@@ -50,9 +70,16 @@ def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     module.eval()
 
-    def run(x: np.ndarray) -> object:
+    def tensor(x: np.ndarray) -> Any:
+        if x.dtype.kind == "O":
+            raise SystemExit("TorchScript takes no BYTES input")
+        if x.dtype.name == "bfloat16":
+            return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(x)
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            return module(*(tensor(x) for _, x in inputs))
 
     return f"torch {torch.__version__}", run
 
@@ -60,7 +87,8 @@ def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
 RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner}
 
 
-def measure(run: Runner, x: np.ndarray, min_time: float, min_runs: int = 5, warmup: int = 2) -> dict[str, float]:
+def measure(run: Runner, x: list[tuple[str, np.ndarray]], min_time: float, min_runs: int = 5,
+            warmup: int = 2) -> dict[str, float]:
     for _ in range(warmup):
         run(x)
     times: list[float] = []
@@ -73,20 +101,35 @@ def measure(run: Runner, x: np.ndarray, min_time: float, min_runs: int = 5, warm
             "runs": float(len(times))}
 
 
+def batch_inputs(description: dict[str, Any], size: int, rng: np.random.Generator,
+                 onnx_strings: bool) -> list[tuple[str, np.ndarray]]:
+    """The inputs of one batch of ``size`` rows (one request's tensors for a model that does not batch)."""
+    inputs = []
+    for t in description["tensors"]:
+        shape = (size, *t["shape"]) if description["batched"] else tuple(t["shape"])
+        x = generate(t["datatype"], shape, rng)
+        if onnx_strings and x.dtype.kind == "O":  # ONNX Runtime takes str elements for STRING tensors
+            x = np.array([e.decode() for e in x.reshape(-1)], dtype=object).reshape(shape)
+        inputs.append((str(t["name"]), x))
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.offline", description=__doc__.splitlines()[0])
     parser.add_argument("--format", choices=sorted(RUNNERS), required=True)
     parser.add_argument("--model-file", type=Path, required=True)
-    parser.add_argument("--input-size", type=int, required=True)
+    parser.add_argument("--inputs", required=True, help='JSON: {"batched": bool, "tensors": [{"name", "datatype", '
+                                                        '"shape"}]}, shapes without the batch dim')
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch-sizes", required=True, help="comma-separated")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
     args = parser.parse_args(argv)
+    description = json.loads(args.inputs)
     framework, run = RUNNERS[args.format](args.model_file, args.threads)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(SEED)
     batches = {}
     for size in sorted({int(s) for s in args.batch_sizes.split(",") if s}):
-        x = rng.random((size, args.input_size), dtype=np.float32)
+        x = batch_inputs(description, size, rng, onnx_strings=args.format == "onnx")
         batches[str(size)] = measure(run, x, args.min_time)
     sys.stdout.write(RESULT_PREFIX + json.dumps({"framework": framework, "threads": args.threads,
                                                  "batches": batches}) + "\n")

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.processes import ProcessCpu, short_command
+
 
 @dataclass
 class Offline:
@@ -66,7 +68,8 @@ class Point:
     server_queue_ms: float
     server_compute_ms: float
     server_failures: int
-    #: CPU seconds (user + system) during the run.
+    #: CPU seconds (user + system) during the run: the load generator, the server's processes other than
+    #: its model workers (the gateway: supervisor, frontends, helpers), and its model workers.
     loadgen_cpu_s: float
     gateway_cpu_s: float | None
     workers_cpu_s: float | None
@@ -75,6 +78,10 @@ class Point:
     error_samples: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
     profile: dict[str, Any] | None = None
+    #: Each of the server's processes (the root and everything below it) and its CPU seconds over the run.
+    processes: list[ProcessCpu] = field(default_factory=list)
+    #: Server processes that exited during the run (their last CPU is not counted).
+    exited_pids: list[int] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -119,6 +126,8 @@ class Report:
     points: list[Point]
     offline: dict[str, Offline]
     notes: list[str] = field(default_factory=list)
+    #: Served model -> its platform, batch dim and the inputs the harness generated for it.
+    models: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -145,6 +154,28 @@ def served_table(points: list[Point]) -> str:
 
 def _per_request_us(cpu_s: float | None, requests: int) -> float | None:
     return None if cpu_s is None or not requests else cpu_s / requests * 1e6
+
+
+def cpu_table(points: list[Point]) -> str:
+    """One row per server process per point, then the workers', the gateway's (all the rest) and the total."""
+    head = "| point | pid | role | command | CPU s | CPU µs/req |"
+    rows = [head, _rule(head)]
+    for p in points:
+        if not p.processes:
+            continue
+        for c in p.processes:
+            note = f" ({c.note})" if c.note else ""
+            rows.append(f"| {p.label} | {c.pid} | {c.role}{note} | `{short_command(c.command)}` | {c.cpu_s:.2f} "
+                        f"| {_f(_per_request_us(c.cpu_s, p.requests), 0)} |")
+        total = sum(c.cpu_s for c in p.processes)
+        for what, seconds in (("**workers**", p.workers_cpu_s), ("**gateway** (all but the workers)", p.gateway_cpu_s),
+                              ("**total**", total)):
+            per_request = _f(_per_request_us(seconds, p.requests), 0)
+            rows.append(f"| {p.label} | | {what} | | {_f(seconds, 2)} | {per_request} |")
+        if p.exited_pids:
+            rows.append(f"| {p.label} | {', '.join(map(str, p.exited_pids))} | exited during the run (not counted) "
+                        "| | | |")
+    return "\n".join(rows)
 
 
 def _rule(head: str) -> str:
@@ -215,14 +246,23 @@ def markdown(report: Report, png_name: str | None) -> str:
            f"- Serving options: {report.serving}",
            "- Load generators: " + "; ".join(report.generators),
            ]
+    out += [f"- Model {model}: {text}" for model, text in report.models.items()]
     out += [f"- {note}" for note in report.notes]
     out += ["", "## Served", "", "Closed loop: each client sends its next request when its reply arrives. "
             "Latency is measured by the load generator; batch sizes, queue and compute times come from the "
             "server's statistics (`/v2/models/{m}/stats`) over the run; CPU seconds are user + system "
-            "from `/proc` (the gateway process with all its threads, the runtime workers, and the load generator); "
-            "*CPU s other* is the machine's busy time during the run minus those three: other work that "
-            "shared the cores (the harness's own once-a-second progress poll included).",
+            "from `/proc`, each process with all its threads: the load generator, the server's model workers, and "
+            "the gateway (every other process of the server: supervisor, frontends, helpers); *gateway CPU µs/req* "
+            "is the gateway's CPU seconds divided by the requests, the protocol work a request costs the server "
+            "outside the model. *CPU s other* is the machine's busy time during the run minus those three: other "
+            "work that shared the cores (the harness's own once-a-second progress poll included).",
             "", served_table(report.points)]
+    if any(p.processes for p in report.points):
+        out += ["", "## Server CPU per process", "",
+                "Every process of the server's tree (the process listening on its port, or the one the harness "
+                "started, or --server-pid, and all its descendants), with its role from its command line. `/proc` "
+                "counts in clock ticks (10 ms): a point needs seconds of load for µs per request to mean much.",
+                "", cpu_table(report.points)]
     if report.offline:
         out += ["", "## Against the model's offline limit", "",
                 "*ref batch* is the concurrency (capped at max_batch_size): the batch a perfect batcher would "
