@@ -171,6 +171,7 @@ class ModelManager:
             outputs=[(t.name, t.datatype) for t in config.outputs] if config.outputs else None,
             preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_sizes)
             if config.dynamic_batching else (),
+            filename=config.default_model_filename,
         )
         mv.state, mv.reason = State.LOADING, ""
         started = time.perf_counter()

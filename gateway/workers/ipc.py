@@ -41,6 +41,8 @@ class LoadModel:
     outputs: list[tuple[str, str]] | None = None
     #: dynamic_batching.preferred_batch_sizes: runtimes that compile per shape (JAX) pad batches to these.
     preferred_batch_sizes: tuple[int, ...] = ()
+    #: default_model_filename: the model file (folder for SavedModel) in ``path``; None: the adapter's default.
+    filename: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
