@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from gateway.contract import LoadModel, SchedulerOptions
 from gateway.logs import log_event
-from gateway.repository.config import DynamicBatchingConfig
+from gateway.repository.config import DynamicBatchingConfig, ModelConfig
 from gateway.repository.repository import ModelVersion, Repository, State
 from gateway.repository.signature import SignatureMismatch, resolve_signature
 from gateway.workers.ipc import CallFailed, ConnectionGone
@@ -76,17 +76,22 @@ class ModelLifecycle:
         self._on_change()
 
 
-def load_spec(mv: ModelVersion) -> LoadModel:
-    """What the worker needs to load ``mv`` and schedule its requests."""
-    config = mv.config
+def scheduler_options(label: str, config: ModelConfig) -> SchedulerOptions:
+    """The scheduler's options from a model's config (its dynamic_batching, or the defaults)."""
     batching = config.dynamic_batching or DynamicBatchingConfig()
-    options = SchedulerOptions(
-        label=mv.label, max_batch_size=config.max_batch_size, instances=config.instances.count,
+    return SchedulerOptions(
+        label=label, max_batch_size=config.max_batch_size, instances=config.instances.count,
         max_queue_delay_s=batching.max_queue_delay_ms / 1000,
         preferred_batch_sizes=tuple(batching.preferred_batch_sizes), max_queue_size=batching.max_queue_size,
         default_timeout_s=batching.default_timeout_ms / 1000, priority_levels=batching.priority_levels,
         default_priority=batching.default_priority,
     )
+
+
+def load_spec(mv: ModelVersion) -> LoadModel:
+    """What the worker needs to load ``mv`` and schedule its requests."""
+    config = mv.config
+    batching = config.dynamic_batching or DynamicBatchingConfig()
     return LoadModel(
         key=mv.key, model_name=mv.name, path=str(mv.path), platform=config.platform,
         max_batch_size=config.max_batch_size, device=config.instances.device, instances=config.instances.count,
@@ -94,5 +99,5 @@ def load_spec(mv: ModelVersion) -> LoadModel:
         inputs=[(t.name, t.datatype) for t in config.inputs] if config.inputs else None,
         outputs=[(t.name, t.datatype) for t in config.outputs] if config.outputs else None,
         preferred_batch_sizes=tuple(batching.preferred_batch_sizes) if config.dynamic_batching else (),
-        scheduling=options,
+        scheduling=scheduler_options(mv.label, config), filename=config.default_model_filename,
     )

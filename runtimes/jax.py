@@ -97,7 +97,7 @@ class JaxAdapter(RuntimeAdapter):
         super().__init__(spec)
         self.warmup_compiles = 0
         self.serving_compiles = 0
-        path = Path(spec.path) / MODEL_FILE
+        path = Path(spec.path) / (spec.filename or MODEL_FILE)
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
         self._device = _jax_device(spec.device)

@@ -30,7 +30,7 @@ class OnnxRuntimeAdapter(RuntimeAdapter):
 
     def __init__(self, spec: LoadModel) -> None:
         super().__init__(spec)
-        path = Path(spec.path) / MODEL_FILE
+        path = Path(spec.path) / (spec.filename or MODEL_FILE)
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
         options = ort.SessionOptions()

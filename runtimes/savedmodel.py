@@ -57,7 +57,7 @@ class SavedModelAdapter(RuntimeAdapter):
 
     def __init__(self, spec: LoadModel) -> None:
         super().__init__(spec)
-        path = Path(spec.path) / MODEL_DIR
+        path = Path(spec.path) / (spec.filename or MODEL_DIR)
         if not (path / "saved_model.pb").is_file():
             what = "saved_model.pb not found in it" if path.is_dir() else "model folder not found"
             raise ModelLoadError(f"{path}: {what}")

@@ -63,7 +63,7 @@ class TorchAdapter(RuntimeAdapter):
 
     def __init__(self, spec: LoadModel) -> None:
         super().__init__(spec)
-        self.path = Path(spec.path) / self.MODEL_FILE
+        self.path = Path(spec.path) / (spec.filename or self.MODEL_FILE)
         if not self.path.exists():
             raise ModelLoadError(f"{self.path}: model file not found")
         self.device = torch_device(spec.device)

@@ -143,11 +143,21 @@ class ModelConfig(_Strict):
     version_policy: VersionPolicy = VersionPolicy()
     dynamic_batching: DynamicBatchingConfig | None = None
     parameters: dict[str, str | int | float | bool] = {}
+    #: The model file (or folder) inside each version folder; None: the platform's default name.
+    default_model_filename: str | None = None
 
     @field_validator("platform", mode="before")
     @classmethod
     def _alias(cls, value: object) -> object:
         return PLATFORM_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("default_model_filename")
+    @classmethod
+    def _plain_filename(cls, value: str | None) -> str | None:
+        """A name inside the version folder: a path could reach outside the repository."""
+        if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value):
+            raise ValueError(f"'{value}' must be a file or folder name inside the version folder, not a path")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelConfig":

@@ -2,14 +2,26 @@
 
 Scanning never raises for one bad model: a model whose config is unusable comes back
 with the error, so the others are served and the broken one is reported as not ready.
+Every folder under the root is a model, with a config.yaml or a Triton config.pbtxt; a
+folder with neither is reported the same way, never skipped. Hidden folders and the
+file system's ``lost+found`` are not models (the latter is logged).
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.logs import log_event
 from gateway.repository.config import ConfigError, ModelConfig, load_config
+from gateway.repository.pbtxt import CONFIG_FILE as PBTXT_FILE
+from gateway.repository.pbtxt import load_pbtxt
 
 CONFIG_FILE = "config.yaml"
+
+#: What ext4 and friends create at a volume's root (a PVC mounted as the repository has one).
+_NOT_MODELS = frozenset({"lost+found"})
+
+log = logging.getLogger("tensorgate.repository")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,24 +33,41 @@ class ModelEntry:
     config: ModelConfig | None
     versions: tuple[int, ...]
     error: str | None = None
+    #: The file the config was read from (None when there is none to read).
+    config_path: Path | None = None
 
 
 def scan_repository(root: Path) -> list[ModelEntry]:
-    """Every model folder under ``root`` (those holding a config.yaml), sorted by name."""
+    """Every model folder under ``root``, sorted by name; unusable ones carry their error."""
     if not root.is_dir():
         raise ConfigError(f"{root}: the model repository is not a directory")
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
+        if folder.name in _NOT_MODELS:
+            log_event(log, "repository_folder_ignored", folder=folder, reason="file system folder, not a model")
             continue
-        entries.append(_read_model(folder, config_path))
+        entries.append(_read_model(folder))
     return entries
 
 
-def _read_model(folder: Path, config_path: Path) -> ModelEntry:
+def config_file(folder: Path) -> Path:
+    """The one config file of a model folder; ConfigError if there are none or two."""
+    yaml_path, pbtxt_path = folder / CONFIG_FILE, folder / PBTXT_FILE
+    if yaml_path.is_file() and pbtxt_path.is_file():
+        raise ConfigError(f"{folder}: both {CONFIG_FILE} and {PBTXT_FILE} are present; keep one "
+                          f"(TensorGate does not choose between them or merge them)")
+    if yaml_path.is_file():
+        return yaml_path
+    if pbtxt_path.is_file():
+        return pbtxt_path
+    raise ConfigError(f"{folder}: no {CONFIG_FILE} or {PBTXT_FILE} in the model folder (every folder in the "
+                      f"repository is a model; Triton's config-less auto-complete is not supported)")
+
+
+def _read_model(folder: Path) -> ModelEntry:
     try:
-        config = load_config(config_path, folder.name)
+        path = config_file(folder)
+        config = load_pbtxt(path, folder.name) if path.name == PBTXT_FILE else load_config(path, folder.name)
     except ConfigError as exc:
         return ModelEntry(folder.name, folder, None, (), str(exc))
     available = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
@@ -46,5 +75,5 @@ def _read_model(folder: Path, config_path: Path) -> ModelEntry:
     if not versions:
         return ModelEntry(folder.name, folder, config, (),
                           f"{folder}: no version folder matches the version policy "
-                          f"(found {sorted(available) or 'none'})")
-    return ModelEntry(folder.name, folder, config, versions)
+                          f"(found {sorted(available) or 'none'})", path)
+    return ModelEntry(folder.name, folder, config, versions, config_path=path)

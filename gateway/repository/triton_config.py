@@ -40,6 +40,8 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
         "instance_group": [group],
         "parameters": {k: {"string_value": str(v)} for k, v in config.parameters.items()},
     }
+    if config.default_model_filename:
+        document["default_model_filename"] = config.default_model_filename
     batching = config.dynamic_batching
     if batching is not None:
         document["dynamic_batching"] = {

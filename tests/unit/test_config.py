@@ -67,6 +67,18 @@ parameters: {threads: 2, mode: fast}
     assert config.parameters == {"threads": 2, "mode": "fast"}
 
 
+def test_default_model_filename(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, MINIMAL), "m").default_model_filename is None
+    config = load_config(_write(tmp_path, MINIMAL + "default_model_filename: digits.onnx\n"), "m")
+    assert config.default_model_filename == "digits.onnx"
+
+
+@pytest.mark.parametrize("name", ["sub/model.onnx", "..", "''"])
+def test_default_model_filename_is_a_name_not_a_path(tmp_path: Path, name: str) -> None:
+    message = _error(tmp_path, MINIMAL + f"default_model_filename: {name}\n")
+    assert "default_model_filename" in message and "not a path" in message
+
+
 def test_variable_dimension_is_allowed(tmp_path: Path) -> None:
     text = "platform: onnx\ninputs:\n  - {name: x, datatype: BYTES, shape: [-1, 2]}\n"
     config = load_config(_write(tmp_path, text), "m")
@@ -230,11 +242,14 @@ def test_scan_finds_models_sorted_by_name(tmp_path: Path) -> None:
     assert entries[0].config is not None and entries[0].error is None
 
 
-def test_scan_ignores_folders_without_config(tmp_path: Path) -> None:
+def test_scan_reports_folders_without_config_and_ignores_files(tmp_path: Path) -> None:
     _model(tmp_path, "good", MINIMAL, ["1"])
     (tmp_path / "notes" / "1").mkdir(parents=True)
     (tmp_path / "stray.yaml").write_text(MINIMAL)
-    assert [e.name for e in scan_repository(tmp_path)] == ["good"]
+    good, notes = scan_repository(tmp_path)
+    assert good.name == "good" and good.error is None
+    assert notes.name == "notes" and notes.config is None
+    assert notes.error is not None and "no config.yaml or config.pbtxt" in notes.error
 
 
 def test_scan_ignores_hidden_folders(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ tests/framework_models.py), so the SavedModel adapter is tested through the serv
 
 from __future__ import annotations
 
+import re
+import shutil
 import types
 from pathlib import Path
 
@@ -135,3 +137,44 @@ def test_asking_for_a_missing_gpu_is_a_load_error(digits: tuple[Path, np.ndarray
                                  inputs=[("input", "FP32")], outputs=[("logits", "FP32")]))
     with pytest.raises(ModelLoadError, match="device cuda:0 requested, but this jaxlib has no CUDA backend"):
         JaxAdapter(_spec(repo / "digits_jax" / "1", "jax", device="cuda:0"))
+
+
+@pytest.mark.parametrize(("platform", "folder", "file"), [("torchscript", "digits_torchscript", "model.pt"),
+                                                          ("torch_export", "digits_torch_export", "model.pt2"),
+                                                          ("jax", "digits_jax", "model.jax")])
+def test_adapters_read_default_model_filename(digits: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path,
+                                              platform: str, folder: str, file: str) -> None:
+    """LoadModel.filename (a config's default_model_filename) replaces the format's default file name."""
+    from runtimes.base import RuntimeAdapter
+    from runtimes.jax import JaxAdapter
+    from runtimes.torch_export import TorchExportAdapter
+    from runtimes.torchscript import TorchScriptAdapter
+
+    classes: dict[str, type[RuntimeAdapter]] = {"torchscript": TorchScriptAdapter, "torch_export": TorchExportAdapter,
+                                                "jax": JaxAdapter}
+    repo, x, reference = digits
+    version = tmp_path / "1"
+    shutil.copytree(repo / folder / "1", version)
+    renamed = f"digits{Path(file).suffix}"
+    (version / file).rename(version / renamed)
+    tensors: dict[str, object] = {"preferred_batch_sizes": (64,)} if platform == "jax" else \
+        {"inputs": [("input", "FP32")], "outputs": [("logits", "FP32")]}
+    cls = classes[platform]
+    with pytest.raises(ModelLoadError, match=re.escape(f"{version / file}: model file not found")):
+        cls(_spec(version, platform, **tensors))
+    adapter = cls(_spec(version, platform, filename=renamed, **tensors))
+    np.testing.assert_allclose(adapter.execute({"input": x}, ["logits"])["logits"], reference, rtol=0, atol=1e-5)
+
+
+def test_onnx_reads_default_model_filename(tmp_path: Path) -> None:
+    from runtimes.onnx import OnnxRuntimeAdapter
+    from tests.model_factory import flat_identity_model
+
+    flat_identity_model(tmp_path, "m")
+    version = tmp_path / "m" / "1"
+    (version / "model.onnx").rename(version / "identity.onnx")
+    with pytest.raises(ModelLoadError, match=re.escape(f"{version / 'model.onnx'}: model file not found")):
+        OnnxRuntimeAdapter(_spec(version, "onnx", max_batch_size=0))
+    adapter = OnnxRuntimeAdapter(_spec(version, "onnx", max_batch_size=0, filename="identity.onnx"))
+    x = np.arange(5, dtype=np.float32)
+    assert adapter.execute({"x": x}, ["y"])["y"].tolist() == x.tolist()
