@@ -20,7 +20,7 @@ from gateway.repository.signature import TensorSpec
 from gateway.validation import validate_request
 
 SERVER_NAME = "tensorgate"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics", "system_shared_memory")
 
 
 class DataPlane:
