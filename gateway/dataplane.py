@@ -23,7 +23,7 @@ from gateway.workers.ipc import CallFailed, ConnectionGone
 from gateway.workers.link import WorkerLink
 
 SERVER_NAME = "tensorgate"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics", "system_shared_memory")
 
 
 class WorkerLinks:

@@ -15,10 +15,14 @@ from gateway.dataplane import DataPlane
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
-from gateway.protocol.errors import TensorGateError
+from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
+from gateway.protocol.system_shm import SystemSharedMemory, registry_for
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+CUDA_SHM_UNSUPPORTED = Unsupported(
+    "CUDA shared memory is not supported on this server; use system shared memory (SystemSharedMemoryRegister)"
+)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TensorGateError) -> NoReturn:
@@ -27,8 +31,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TensorGateErr
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, shm: SystemSharedMemory | None = None) -> None:
         self._plane = plane
+        self._shm = registry_for(plane) if shm is None else shm
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._plane.live())
@@ -69,11 +74,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
-            response = await self._plane.infer(decode_infer_request(request), "grpc")
+            decoded = decode_infer_request(request, self._shm)
+            response = await self._plane.infer(decoded, "grpc")
         except TensorGateError as exc:
             await _abort(context, exc)
         try:
-            return encode_infer_response(response)
+            return encode_infer_response(response, self._shm.place_outputs(decoded, response))
+        except TensorGateError as exc:
+            await _abort(context, exc)
         finally:
             response.done()
 
@@ -82,15 +90,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         """Answer each request of the stream in turn; an error is reported in-stream, not fatal."""
         async for request in request_iterator:
             try:
-                response = await self._plane.infer(decode_infer_request(request), "grpc")
+                decoded = decode_infer_request(request, self._shm)
+                response = await self._plane.infer(decoded, "grpc")
+                try:
+                    encoded = encode_infer_response(response, self._shm.place_outputs(decoded, response))
+                finally:
+                    response.done()
             except TensorGateError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message)
-                continue
-            try:
-                encoded = encode_infer_response(response)
-            finally:
-                response.done()
-            yield pb.ModelStreamInferResponse(infer_response=encoded)
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=encoded)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         try:
@@ -104,6 +113,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")
+
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
+                                       context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        try:
+            regions = self._shm.status(request.name or None)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        Status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: Status(**r) for r in regions})
+
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                         context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        try:
+            self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                           context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._shm.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await _abort(context, CUDA_SHM_UNSUPPORTED)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await _abort(context, CUDA_SHM_UNSUPPORTED)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await _abort(context, CUDA_SHM_UNSUPPORTED)
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # generated, untyped
@@ -120,15 +160,19 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
-    """A grpc.aio server with both services bound to ``address`` (not started)."""
+def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
+                       shm: SystemSharedMemory | None = None) -> grpc.aio.Server:
+    """A grpc.aio server with both services bound to ``address`` (not started).
+
+    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).
+    """
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         # Every frontend process binds the same port; the kernel spreads connections over them.
         ("grpc.so_reuseport", 1),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, shm), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
     server.add_insecure_port(address)
     return server

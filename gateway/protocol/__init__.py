@@ -6,8 +6,10 @@ codecs encode them back; nothing in here knows HTTP, gRPC or a framework.
 
 from gateway.protocol.datatypes import DATATYPES, datatype_of, element_size, numpy_dtype
 from gateway.protocol.errors import (
+    AlreadyExists,
     InferenceFailed,
     InvalidRequest,
+    LimitReached,
     NotFound,
     PayloadTooLarge,
     QueueTimeout,
@@ -23,22 +25,26 @@ from gateway.protocol.types import (
     Parameters,
     ParameterValue,
     RequestedOutput,
+    SharedMemoryRef,
 )
 
 __all__ = [
     "DATATYPES",
+    "AlreadyExists",
     "InferInput",
     "InferOutput",
     "InferRequest",
     "InferResponse",
     "InferenceFailed",
     "InvalidRequest",
+    "LimitReached",
     "NotFound",
     "ParameterValue",
     "Parameters",
     "PayloadTooLarge",
     "QueueTimeout",
     "RequestedOutput",
+    "SharedMemoryRef",
     "TensorGateError",
     "Unavailable",
     "Unsupported",

@@ -5,6 +5,8 @@ error the same way and a new error kind is one class here, never a branch in a h
 
     TensorGateError          500  INTERNAL            (a bug or an unexpected failure)
     ├── InvalidRequest       400  INVALID_ARGUMENT    (the request does not fit the model or the protocol)
+    │   ├── AlreadyExists    400  ALREADY_EXISTS      (a shared-memory region of that name is registered)
+    │   └── LimitReached     400  RESOURCE_EXHAUSTED  (no room for one more shared-memory region)
     ├── NotFound             404  NOT_FOUND           (no such model or version)
     ├── PayloadTooLarge      413  RESOURCE_EXHAUSTED  (the body is over the configured limit)
     ├── Unsupported          501  UNIMPLEMENTED       (a valid request for a feature we do not offer)
@@ -33,6 +35,18 @@ class InvalidRequest(TensorGateError):
 
     http_status = 400
     grpc_code = "INVALID_ARGUMENT"
+
+
+class AlreadyExists(InvalidRequest):
+    """The name is taken (Triton answers a duplicate registration the same way: 400 / ALREADY_EXISTS)."""
+
+    grpc_code = "ALREADY_EXISTS"
+
+
+class LimitReached(InvalidRequest):
+    """A configured bound (e.g. the number of shared-memory regions) would be exceeded."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class NotFound(TensorGateError):

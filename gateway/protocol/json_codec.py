@@ -14,20 +14,27 @@ import orjson
 from gateway.protocol.datatypes import DATATYPES, numpy_dtype
 from gateway.protocol.errors import InvalidRequest, Unsupported
 from gateway.protocol.raw import array_from_raw, array_to_raw
+from gateway.protocol.system_shm import NO_SHARED_MEMORY, SystemSharedMemory, shared_memory_ref
 from gateway.protocol.types import (
     InferInput,
     InferRequest,
     InferResponse,
     Parameters,
     RequestedOutput,
+    SharedMemoryRef,
 )
 
 _NUMERIC_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
 
 
 def decode_request(header: bytes | memoryview, binary: memoryview | None, model_name: str,
-                   model_version: str | None) -> InferRequest:
-    """Decode a v2 inference request; ``binary`` is the body past the JSON header, if any."""
+                   model_version: str | None, shm: SystemSharedMemory | None = None) -> InferRequest:
+    """Decode a v2 inference request; ``binary`` is the body past the JSON header, if any.
+
+    Inputs with shared-memory parameters are read from ``shm``'s regions; outputs with them
+    are checked against ``shm`` and marked (``RequestedOutput.shared_memory``).
+    """
+    registry = NO_SHARED_MEMORY if shm is None else shm
     try:
         body = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -44,7 +51,7 @@ def decode_request(header: bytes | memoryview, binary: memoryview | None, model_
     offset = 0
     inputs: list[InferInput] = []
     for position, item in enumerate(raw_inputs):
-        tensor, used = _decode_input(item, position, view, offset)
+        tensor, used = _decode_input(item, position, view, offset, registry)
         inputs.append(tensor)
         offset += used
     if offset != len(view):
@@ -56,23 +63,28 @@ def decode_request(header: bytes | memoryview, binary: memoryview | None, model_
         model_version=model_version,
         inputs=inputs,
         id=request_id,
-        outputs=_decode_outputs(body.get("outputs")),
+        outputs=_decode_outputs(body.get("outputs"), registry),
         parameters=_parameters(body.get("parameters"), "request"),
     )
 
 
-def encode_response(response: InferResponse, binary_outputs: set[str]) -> tuple[bytes, int | None]:
+def encode_response(response: InferResponse, binary_outputs: set[str],
+                    shm_outputs: dict[str, SharedMemoryRef] | None = None) -> tuple[bytes, int | None]:
     """Encode a response; outputs named in ``binary_outputs`` go after the JSON header.
 
-    Returns the body and, when any output is binary, the JSON header's length (the value of
-    ``Inference-Header-Content-Length``).
+    Outputs in ``shm_outputs`` (already written to shared memory) carry their shared-memory
+    parameters and no data. Returns the body and, when any output is binary, the JSON
+    header's length (the value of ``Inference-Header-Content-Length``).
     """
     outputs: list[dict[str, Any]] = []
     parts: list[bytes | memoryview] = []
     for output in response.outputs:
         entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype,
                                  "shape": list(output.shape)}
-        if output.name in binary_outputs:
+        placed = shm_outputs.get(output.name) if shm_outputs else None
+        if placed is not None:
+            entry["parameters"] = placed.as_parameters()
+        elif output.name in binary_outputs:
             raw = array_to_raw(output.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             parts.append(raw)
@@ -104,8 +116,8 @@ def binary_output_names(request: InferRequest, output_names: list[str]) -> set[s
     return chosen
 
 
-def _decode_input(item: object, position: int, binary: memoryview,
-                  offset: int) -> tuple[InferInput, int]:
+def _decode_input(item: object, position: int, binary: memoryview, offset: int,
+                  shm: SystemSharedMemory) -> tuple[InferInput, int]:
     if not isinstance(item, dict):
         raise InvalidRequest(f"inputs[{position}] must be an object")
     name = item.get("name")
@@ -119,6 +131,11 @@ def _decode_input(item: object, position: int, binary: memoryview,
     shape = _shape(item.get("shape"), name)
     parameters = _parameters(item.get("parameters"), f"input '{name}'")
     binary_size = parameters.pop("binary_data_size", None)
+    if parameters and (ref := shared_memory_ref(parameters, "input", name)) is not None:
+        if binary_size is not None or "data" in item:
+            other = "binary_data_size" if binary_size is not None else "'data'"
+            raise InvalidRequest(f"input '{name}' has both shared_memory_region and {other}")
+        return InferInput(name, datatype, shm.input_view(ref, datatype, shape, name), parameters), 0
     if binary_size is not None:
         if "data" in item:
             raise InvalidRequest(f"input '{name}' has both 'data' and binary_data_size")
@@ -193,7 +210,7 @@ def _json_data(name: str, data: np.ndarray) -> Any:
     return np.ascontiguousarray(flat)
 
 
-def _decode_outputs(value: object) -> list[RequestedOutput] | None:
+def _decode_outputs(value: object, shm: SystemSharedMemory) -> list[RequestedOutput] | None:
     if value is None:
         return None
     if not isinstance(value, list):
@@ -208,7 +225,10 @@ def _decode_outputs(value: object) -> list[RequestedOutput] | None:
         binary = parameters.pop("binary_data", None)
         if binary is not None and not isinstance(binary, bool):
             raise InvalidRequest(f"output '{item['name']}': binary_data must be a boolean")
-        outputs.append(RequestedOutput(item["name"], binary, parameters))
+        ref = shared_memory_ref(parameters, "output", item["name"]) if parameters else None
+        if ref is not None:
+            shm.check_output(ref, item["name"])
+        outputs.append(RequestedOutput(item["name"], binary, parameters, ref))
     return outputs
 
 

@@ -14,7 +14,15 @@ from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.protocol.datatypes import DATATYPES, numpy_dtype
 from gateway.protocol.errors import InvalidRequest, Unsupported
 from gateway.protocol.raw import array_from_raw, array_to_raw
-from gateway.protocol.types import InferInput, InferRequest, InferResponse, Parameters, RequestedOutput
+from gateway.protocol.system_shm import NO_SHARED_MEMORY, REGION, SystemSharedMemory, shared_memory_ref
+from gateway.protocol.types import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    Parameters,
+    RequestedOutput,
+    SharedMemoryRef,
+)
 
 #: The InferTensorContents field that holds each datatype's elements (FP16/BF16: raw only).
 CONTENTS_FIELD = {
@@ -26,16 +34,23 @@ CONTENTS_FIELD = {
 _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+def decode_infer_request(message: pb.ModelInferRequest, shm: SystemSharedMemory | None = None) -> InferRequest:
+    """Decode a ModelInferRequest; inputs and outputs with shared-memory parameters use ``shm``.
+
+    As in Triton, ``raw_input_contents`` holds one entry per input *not* in shared memory,
+    in input order.
+    """
+    registry = NO_SHARED_MEMORY if shm is None else shm
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    if raw and len(raw) > len(message.inputs):
         raise InvalidRequest(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
         )
     if not message.inputs:
         raise InvalidRequest("the request has no inputs")
     inputs = []
-    for position, tensor in enumerate(message.inputs):
+    used = 0
+    for tensor in message.inputs:
         if tensor.datatype not in DATATYPES:
             raise InvalidRequest(
                 f"input '{tensor.name}': datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}"
@@ -43,16 +58,28 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         if any(d < 0 for d in tensor.shape):
             raise InvalidRequest(f"input '{tensor.name}': shape dimensions must be non-negative")
         shape = tuple(tensor.shape)
-        if raw:
+        parameters = decode_parameters(tensor.parameters)
+        if parameters and (ref := shared_memory_ref(parameters, "input", tensor.name)) is not None:
+            if tensor.HasField("contents"):
+                raise InvalidRequest(
+                    f"input '{tensor.name}': contents must not be set for an input in shared memory"
+                )
+            data = registry.input_view(ref, tensor.datatype, shape, tensor.name)
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidRequest(
                     f"input '{tensor.name}': contents must not be set when raw_input_contents is used"
                 )
-            data = array_from_raw(raw[position], tensor.datatype, shape, tensor.name)
+            if used == len(raw):
+                raise _raw_count_mismatch(message)
+            data = array_from_raw(raw[used], tensor.datatype, shape, tensor.name)
+            used += 1
         else:
             data = _from_contents(tensor, shape)
-        inputs.append(InferInput(tensor.name, tensor.datatype, data, decode_parameters(tensor.parameters)))
-    outputs = [RequestedOutput(o.name, None, decode_parameters(o.parameters)) for o in message.outputs]
+        inputs.append(InferInput(tensor.name, tensor.datatype, data, parameters))
+    if used != len(raw):
+        raise _raw_count_mismatch(message)
+    outputs = [_requested_output(o, registry) for o in message.outputs]
     return InferRequest(
         model_name=message.model_name,
         model_version=message.model_version or None,
@@ -63,17 +90,44 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+def encode_infer_response(response: InferResponse,
+                          shm_outputs: dict[str, SharedMemoryRef] | None = None) -> pb.ModelInferResponse:
+    """Encode a response; outputs in ``shm_outputs`` (already written to shared memory) carry
+    their shared-memory parameters and an empty ``raw_output_contents`` entry, as Triton's do,
+    so the entries stay aligned with ``outputs``."""
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id or "",
     )
     for output in response.outputs:
-        message.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
+        tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=list(output.shape))
+        placed = shm_outputs.get(output.name) if shm_outputs else None
+        if placed is not None:
+            for key, value in placed.as_parameters().items():
+                tensor.parameters[key].CopyFrom(encode_parameter(value))
+            message.raw_output_contents.append(b"")
+            continue
         raw = array_to_raw(output.data)
         message.raw_output_contents.append(raw if isinstance(raw, bytes) else raw.tobytes())
     for key, value in response.parameters.items():
         message.parameters[key].CopyFrom(encode_parameter(value))
     return message
+
+
+def _raw_count_mismatch(message: pb.ModelInferRequest) -> InvalidRequest:
+    outside = sum(1 for tensor in message.inputs if REGION not in tensor.parameters)
+    where = "" if outside == len(message.inputs) else " outside shared memory"
+    return InvalidRequest(
+        f"raw_input_contents has {len(message.raw_input_contents)} entries for {outside} inputs{where}"
+    )
+
+
+def _requested_output(output: pb.ModelInferRequest.InferRequestedOutputTensor,
+                      shm: SystemSharedMemory) -> RequestedOutput:
+    parameters = decode_parameters(output.parameters)
+    ref = shared_memory_ref(parameters, "output", output.name) if parameters else None
+    if ref is not None:
+        shm.check_output(ref, output.name)
+    return RequestedOutput(output.name, None, parameters, ref)
 
 
 def decode_parameters(parameters: Any) -> Parameters:

@@ -14,6 +14,19 @@ ParameterValue = bool | int | float | str
 Parameters = dict[str, ParameterValue]
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """Where a tensor's bytes lie in a registered shared-memory region (Triton's three parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+    def as_parameters(self) -> Parameters:
+        return {"shared_memory_region": self.region, "shared_memory_byte_size": self.byte_size,
+                "shared_memory_offset": self.offset}
+
+
 @dataclass(slots=True)
 class InferInput:
     """One named input tensor of a request, already decoded into an array."""
@@ -30,11 +43,16 @@ class InferInput:
 
 @dataclass(slots=True)
 class RequestedOutput:
-    """An output the client asked for; ``binary`` is None when the client left it to the default."""
+    """An output the client asked for; ``binary`` is None when the client left it to the default.
+
+    ``shared_memory`` is set when the output is to be written into a registered region
+    instead of travelling in the response.
+    """
 
     name: str
     binary: bool | None = None
     parameters: Parameters = field(default_factory=dict)
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass(slots=True)

@@ -18,8 +18,10 @@ from gateway import __version__
 from gateway.dataplane import DataPlane
 from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
 from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
+from gateway.protocol.system_shm import SystemSharedMemory, registry_for
 from gateway.protocol.types import InferResponse
 from gateway.rest import schemas
+from gateway.rest.shared_memory import add_shared_memory_routes
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -32,8 +34,12 @@ def json_response(document: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(document), status_code=status, media_type="application/json")
 
 
-def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
-    """The FastAPI application serving ``plane``; bodies over ``max_request_bytes`` get 413."""
+def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory | None = None) -> FastAPI:
+    """The FastAPI application serving ``plane``; bodies over ``max_request_bytes`` get 413.
+
+    ``shm`` is the system shared-memory registry (by default the one gRPC shares for ``plane``).
+    """
+    shm = registry_for(plane) if shm is None else shm
     app = FastAPI(title="TensorGate", version=__version__, docs_url="/docs", redoc_url=None,
                   description="Open Inference Protocol (KServe v2) model server.")
 
@@ -86,11 +92,12 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         body = await _read_body(request, max_request_bytes)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-        infer_request = decode_request(header, binary, model_name, model_version)
+        infer_request = decode_request(header, binary, model_name, model_version, shm)
         response = await _unless_disconnected(request, plane.infer(infer_request, "rest"))
         names = [o.name for o in response.outputs]
         try:
-            payload, json_length = encode_response(response, binary_output_names(infer_request, names))
+            placed = shm.place_outputs(infer_request, response)
+            payload, json_length = encode_response(response, binary_output_names(infer_request, names), placed)
         finally:
             response.done()
         if json_length is None:
@@ -112,6 +119,7 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
                   responses=_ERRORS, tags=["statistics"])
     _model_routes(app, "POST", "/infer", infer, response_model=schemas.InferenceResponse, responses=_ERRORS,
                   tags=["inference"], openapi_extra={"requestBody": _INFER_BODY})
+    add_shared_memory_routes(app, shm)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

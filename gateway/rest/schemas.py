@@ -136,3 +136,16 @@ class InferenceResponse(BaseModel):
     id: str | None = None
     parameters: Parameters | None = None
     outputs: list[ResponseOutput]
+
+
+class SharedMemoryRegisterRequest(BaseModel):
+    key: str = Field(description="The shared-memory segment's key, as given to shm_open (e.g. '/my_segment')")
+    offset: int = Field(0, ge=0, description="Where the region starts in the segment, in bytes")
+    byte_size: int = Field(ge=1, description="The region's length in bytes")
+
+
+class SharedMemoryRegionStatus(BaseModel):
+    name: str
+    key: str
+    offset: int
+    byte_size: int

@@ -114,6 +114,9 @@ def test_imports_between_generated_modules_are_relative() -> None:
         ("ModelStreamInferResponse", "infer_response", 2),
         ("RepositoryModelLoadRequest", "model_name", 2),
         ("ModelStatistics", "response_stats", 9),
+        ("SystemSharedMemoryRegisterRequest", "byte_size", 4),
+        ("SystemSharedMemoryStatusResponse", "regions", 1),
+        ("CudaSharedMemoryRegisterRequest", "device_id", 3),
     ],
 )
 def test_service_field_numbers(message: str, field: str, number: int) -> None:
@@ -160,7 +163,7 @@ def test_service_methods() -> None:
     assert stream.client_streaming and stream.server_streaming
     assert stream.input_type.full_name == "inference.ModelInferRequest"
     assert stream.output_type.full_name == "inference.ModelStreamInferResponse"
-    assert len(service.methods) == 12
+    assert len(service.methods) == 18
 
 
 # --------------------------------------------------------------------------
