@@ -5,7 +5,8 @@ knows a transport or a framework. Three kinds of conversation use these messages
 by ``gateway.workers.ipc``):
 
 - supervisor -> runtime worker (control): ``LoadModel``, ``UnloadModel``, ``WorkerSnapshot``;
-- supervisor <-> frontend (control): ``ModelTable``, ``Drain``, ``Stop``, ``FrontendSnapshot``;
+- supervisor <-> frontend (control): ``ModelTable``, ``SharedMemoryRegions``, ``Drain``, ``Stop``,
+  ``FrontendSnapshot``;
 - frontend <-> runtime worker (data): ``Submit``, ``Cancel``, ``Release``, ``Failed``,
   ``StatsQuery`` one way, ``Results`` the other. Tensors travel as ``TensorRef`` into a shared
   arena (``gateway.workers.arena``), or inline where they do not fit one.
@@ -212,6 +213,17 @@ class ModelTable:
     workers: dict[str, str]
     #: True once every configured model has been through its first load.
     loaded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRegions:
+    """Every client shared-memory registration (``system_shm.Registration``), the same in every frontend.
+
+    A frontend sends it to the supervisor after a register or unregister; the supervisor sends
+    it to every frontend (and to each new one) before the client gets its answer.
+    """
+
+    registrations: list[Any]
 
 
 @dataclass(frozen=True, slots=True)

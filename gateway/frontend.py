@@ -6,7 +6,8 @@ connections over them and the protocol work (parse, validate, encode) scales wit
 A frontend holds no model state beyond the ModelTable the supervisor publishes; it sends each
 validated request to the runtime worker that holds the model's queue (``gateway.dataplane``).
 
-The control connection carries the supervisor's ModelTable updates, the drain order (turn
+The control connection carries the supervisor's ModelTable updates, the client shared-memory
+registrations (made through any frontend, held by all), the drain order (turn
 not-ready, refuse new inference with 503, keep listening), snapshots for metrics and the
 drain, and the final stop. A frontend whose supervisor has gone stops at once.
 """
@@ -23,11 +24,12 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, Stop
+from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, SharedMemoryRegions, Stop
 from gateway.dataplane import DataPlane, WorkerLinks
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import configure
 from gateway.metrics import RequestMetrics
+from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
 from gateway.settings import Settings
 from gateway.workers.ipc import Peer
@@ -65,16 +67,22 @@ class Frontend:
         self.settings = settings
         self.metrics = RequestMetrics(enabled=settings.metrics_port != 0)
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
-        config = uvicorn.Config(create_app(self.plane, settings.max_request_bytes), loop="none", http="httptools",
-                                lifespan="off", log_level="warning", access_log=False, timeout_keep_alive=30)
+        self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        config = uvicorn.Config(create_app(self.plane, settings.max_request_bytes, self.shm), loop="none",
+                                http="httptools", lifespan="off", log_level="warning", access_log=False,
+                                timeout_keep_alive=30)
         self.rest = _UvicornServer(config)
-        self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes)
+        self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
+                                       self.shm)
+        self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def handle(self, body: Any) -> Any:
         """The supervisor's calls."""
         if isinstance(body, ModelTable):
             self.plane.update(body)
+        elif isinstance(body, SharedMemoryRegions):
+            self.shm.apply(body.registrations)
         elif isinstance(body, FrontendSnapshot):
             return self._state()
         elif isinstance(body, Drain):
@@ -83,6 +91,11 @@ class Frontend:
         elif isinstance(body, Stop):
             self._finish(body.grace_s)
         return None
+
+    async def _shared_memory_changed(self, registrations: list[Registration]) -> None:
+        """Every frontend must see a client's region before the client is told it is registered."""
+        if self._control is not None:
+            await self._control.call(SharedMemoryRegions(registrations))
 
     def _state(self) -> FrontendState:
         return FrontendState(self.metrics.snapshot(), self.plane.in_flight, len(self.rest.server_state.tasks))
@@ -98,8 +111,8 @@ class Frontend:
         while not self.rest.started and not serving.done():
             await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: Peer(self.handle, lambda: self._finish(0.0)),
-                                          sock=socket.socket(fileno=control_fd))
+        _, self._control = await loop.create_unix_connection(lambda: Peer(self.handle, lambda: self._finish(0.0)),
+                                                             sock=socket.socket(fileno=control_fd))
         grace = await self._stop
         self.rest.config.timeout_graceful_shutdown = max(1, math.ceil(grace))
         self.rest.should_exit = True

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, Stop
+from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, SharedMemoryRegions, Stop
 from gateway.logs import log_event
 from gateway.settings import Settings
 from gateway.workers.ipc import CallFailed, ConnectionGone
@@ -28,6 +28,7 @@ class FrontendPool:
         self._settings = settings
         self._table = table
         self._frontends: dict[int, ChildProcess] = {}
+        self._shared_memory = SharedMemoryRegions([])
         self._closing = False
         self.replacements = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -63,14 +64,21 @@ class FrontendPool:
 
     async def _start(self, index: int) -> None:
         frontend = ChildProcess("frontend", f"frontend-{index}", "gateway.frontend",
-                                [str(index), self._settings.to_json()], self._exited)
+                                [str(index), self._settings.to_json()], self._exited, self._handle)
         await frontend.start()
         try:
             await frontend.call(self._table())
+            await frontend.call(self._shared_memory)
         except (ConnectionGone, CallFailed):
             returncode = await frontend.wait()
             raise FrontendStartFailed(f"frontend-{index} exited with {returncode} before it was serving") from None
         self._frontends[index] = frontend
+
+    async def _handle(self, body: Any) -> None:
+        """A frontend's calls: a client changed its shared-memory registrations there; share them."""
+        if isinstance(body, SharedMemoryRegions):
+            self._shared_memory = body
+            await self._each(body)
 
     async def _each(self, body: Any) -> list[Any]:
         live = [f for f in self._frontends.values() if f.alive]

@@ -49,7 +49,10 @@ class ServerProcess:
                    "--metrics-port", str(self.metrics_port), *self.extra_args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                 # Several frontends, so every integration test runs the
+                                                 # multi-process path (the 2-core default would be one).
+                                                 "TENSORGATE_FRONTENDS": os.environ.get("TENSORGATE_FRONTENDS", "2")})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

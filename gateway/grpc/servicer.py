@@ -17,7 +17,7 @@ from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
-from gateway.protocol.system_shm import SystemSharedMemory, registry_for
+from gateway.protocol.system_shm import SystemSharedMemory
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 CUDA_SHM_UNSUPPORTED = Unsupported(
@@ -31,9 +31,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TensorGateErr
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
-    def __init__(self, plane: DataPlane, shm: SystemSharedMemory | None = None) -> None:
+    def __init__(self, plane: DataPlane, shm: SystemSharedMemory) -> None:
         self._plane = plane
-        self._shm = registry_for(plane) if shm is None else shm
+        self._shm = shm
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._plane.live())
@@ -129,11 +129,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             self._shm.register(request.name, request.key, request.offset, request.byte_size)
         except TensorGateError as exc:
             await _abort(context, exc)
+        await self._shm.changed()
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
                                            context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
         self._shm.unregister(request.name or None)
+        await self._shm.changed()
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
@@ -161,7 +163,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
-                       shm: SystemSharedMemory | None = None) -> grpc.aio.Server:
+                       shm: SystemSharedMemory) -> grpc.aio.Server:
     """A grpc.aio server with both services bound to ``address`` (not started).
 
     ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).

@@ -28,8 +28,7 @@ import mmap
 import os
 import stat
 import threading
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -50,7 +49,6 @@ __all__ = [
     "RESERVED_KEY_PREFIX",
     "Registration",
     "SystemSharedMemory",
-    "registry_for",
     "shared_memory_ref",
 ]
 
@@ -93,12 +91,16 @@ class SystemSharedMemory:
     """
 
     def __init__(self, max_regions: int = DEFAULT_MAX_REGIONS, root: Path = SHM_ROOT,
-                 refresh: Callable[[], Iterable[Registration]] | None = None) -> None:
+                 refresh: Callable[[], Iterable[Registration]] | None = None,
+                 on_change: Callable[[list[Registration]], Awaitable[None]] | None = None) -> None:
         if max_regions < 0:
             raise ValueError("max_regions must be >= 0")
         self.max_regions = max_regions
         self.root = root
         self.refresh = refresh
+        #: Told the registrations after each register/unregister (the frontend's supervisor shares
+        #: them with every other frontend before the client gets its answer).
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._registrations: dict[str, Registration] = {}
         #: The region's bytes, by name; the memoryview keeps its mmap alive.
@@ -151,6 +153,11 @@ class SystemSharedMemory:
         if registration is None:
             raise InvalidRequest(f"unknown shared memory region '{name}'")
         return [registration.as_dict()]
+
+    async def changed(self) -> None:
+        """Publish this registry's registrations (called by the routes after a change)."""
+        if self.on_change is not None:
+            await self.on_change(self.registrations())
 
     def registrations(self) -> list[Registration]:
         """The state: every registration, in the order they were made."""
@@ -325,20 +332,3 @@ def shared_memory_ref(parameters: Parameters, role: str, tensor: str) -> SharedM
 
 #: Stands in when a codec is given no registry: every region is unknown.
 NO_SHARED_MEMORY: Final = SystemSharedMemory(max_regions=0)
-
-_REGISTRIES: weakref.WeakKeyDictionary[object, SystemSharedMemory] = weakref.WeakKeyDictionary()
-_REGISTRIES_LOCK = threading.Lock()
-
-
-def registry_for(owner: object) -> SystemSharedMemory:
-    """The one registry of the server ``owner`` (its DataPlane), made on first use.
-
-    REST and gRPC both call this with the same owner, so a region registered through one
-    is usable through the other. A composition root that builds its own registry passes it
-    to ``create_app`` and ``create_grpc_server`` instead.
-    """
-    with _REGISTRIES_LOCK:
-        registry = _REGISTRIES.get(owner)
-        if registry is None:
-            registry = _REGISTRIES[owner] = SystemSharedMemory()
-        return registry

@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.dataplane import DataPlane
 from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
 from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
-from gateway.protocol.system_shm import SystemSharedMemory, registry_for
+from gateway.protocol.system_shm import SystemSharedMemory
 from gateway.protocol.types import InferResponse
 from gateway.rest import schemas
 from gateway.rest.shared_memory import add_shared_memory_routes
@@ -34,12 +34,11 @@ def json_response(document: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(document), status_code=status, media_type="application/json")
 
 
-def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory | None = None) -> FastAPI:
+def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory) -> FastAPI:
     """The FastAPI application serving ``plane``; bodies over ``max_request_bytes`` get 413.
 
-    ``shm`` is the system shared-memory registry (by default the one gRPC shares for ``plane``).
+    ``shm`` is the process's system shared-memory registry (gRPC serves the same one).
     """
-    shm = registry_for(plane) if shm is None else shm
     app = FastAPI(title="TensorGate", version=__version__, docs_url="/docs", redoc_url=None,
                   description="Open Inference Protocol (KServe v2) model server.")
 

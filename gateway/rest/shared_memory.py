@@ -50,14 +50,17 @@ def add_shared_memory_routes(app: FastAPI, shm: SystemSharedMemory) -> None:
         if "byte_size" not in document:
             raise InvalidRequest(f"failed to register shared memory region '{name}': 'byte_size' is required")
         shm.register(name, key, document.get("offset", 0), document["byte_size"])
+        await shm.changed()
         return Response(status_code=200)
 
     async def unregister_all() -> Response:
         shm.unregister(None)
+        await shm.changed()
         return Response(status_code=200)
 
     async def unregister(name: str) -> Response:
         shm.unregister(name)
+        await shm.changed()
         return Response(status_code=200)
 
     base = "/v2/systemsharedmemory"

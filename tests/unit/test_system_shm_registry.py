@@ -27,7 +27,6 @@ from gateway.protocol.system_shm import (
     SHM_ROOT,
     Registration,
     SystemSharedMemory,
-    registry_for,
     shared_memory_ref,
 )
 from gateway.protocol.types import InferOutput, InferRequest, InferResponse, RequestedOutput, SharedMemoryRef
@@ -257,15 +256,6 @@ def test_a_miss_refreshes_from_the_authoritative_state(segments: Segment) -> Non
     assert follower.input_view(SharedMemoryRef("late", 0, 8), "FP64", (1,), "x").tolist() == [2.5]
     with pytest.raises(InvalidRequest, match="unknown shared memory region 'never'"):
         follower.input_view(SharedMemoryRef("never", 0, 8), "FP64", (1,), "x")
-
-
-def test_one_registry_per_server() -> None:
-    class Plane:
-        pass
-
-    plane, other = Plane(), Plane()
-    assert registry_for(plane) is registry_for(plane)
-    assert registry_for(plane) is not registry_for(other)
 
 
 # -- parameters --------------------------------------------------------------------------------
