@@ -5,7 +5,6 @@ no pydantic validation or serialisation runs per request; the schemas only docum
 """
 
 import asyncio
-import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -16,11 +15,12 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.dataplane import DataPlane
-from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
+from gateway.protocol.errors import TensorGateError
 from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
 from gateway.protocol.types import InferResponse
 from gateway.repository.manager import State
 from gateway.rest import schemas
+from gateway.rest.body import check_declared_length, decode_content, split_body, too_large
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -87,7 +87,7 @@ def create_app(plane: DataPlane, max_request_bytes: int) -> FastAPI:
 
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         body = await _read_body(request, max_request_bytes)
-        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         infer_request = decode_request(header, binary, model_name, model_version)
         response = await _unless_disconnected(request, plane.infer(infer_request, "rest"))
         names = [o.name for o in response.outputs]
@@ -187,48 +187,12 @@ async def _disconnected(request: Request) -> None:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The whole (decompressed) body, refusing anything over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    check_declared_length(request.headers.get("content-length"), limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding in ("gzip", "deflate"):
-        return _decompress(body, encoding, limit)
-    if encoding != "identity":
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (use gzip or deflate)")
-    return body
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequest(f"cannot decompress the {encoding} body: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
-    return data
-
-
-def _split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview | None]:
-    view = memoryview(body)
-    if header_length is None:
-        return view, None
-    if not header_length.isdigit():
-        raise InvalidRequest("Inference-Header-Content-Length must be a non-negative integer")
-    length = int(header_length)
-    if length == 0:
-        raise Unsupported("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
-                          "send a JSON header with binary_data_size")
-    if length > len(body):
-        raise InvalidRequest(
-            f"Inference-Header-Content-Length {length} is larger than the body ({len(body)} bytes)"
-        )
-    return view[:length], view[length:]
+    return decode_content(b"".join(chunks), request.headers.get("content-encoding"), limit)
