@@ -19,6 +19,7 @@ answered. The process exits when the supervisor closes the control socket.
 import asyncio
 import contextlib
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -135,6 +136,10 @@ class Host:
             raise CallFailed(Failure("internal", f"{spec.path}: {type(exc).__name__}: {exc}")) from None
         previous = self.models.get(spec.key)
         self.models[spec.key] = HostedModel(spec, adapter)
+        # A loaded model lives for good: keep its objects out of the cyclic collector's full passes,
+        # which would otherwise stall this loop (and every frontend's answers) for milliseconds.
+        gc.collect()
+        gc.freeze()
         if previous is not None:
             await previous.close()
         return signature

@@ -4,9 +4,7 @@ Handlers take the raw ``Request`` and return ``Response`` objects built by the c
 no pydantic validation or serialisation runs per request; the schemas only document.
 """
 
-import asyncio
-import zlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -16,11 +14,11 @@ from starlette.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.dataplane import DataPlane
-from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, TensorGateError, Unsupported
-from gateway.protocol.json_codec import binary_output_names, decode_request, encode_response
+from gateway.protocol.errors import TensorGateError
 from gateway.protocol.system_shm import SystemSharedMemory
-from gateway.protocol.types import InferResponse
 from gateway.rest import schemas
+from gateway.rest.body import check_declared_length, decode_content, too_large
+from gateway.rest.infer import InferRoute
 from gateway.rest.shared_memory import add_shared_memory_routes
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -88,21 +86,14 @@ def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory
         """The model's effective configuration, in the JSON shape of Triton's ModelConfig."""
         return json_response(plane.model_config(model_name, model_version))
 
+    route = InferRoute(plane, shm)
+
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
+        """The documented twin of the REST port's fast inference path (gateway.rest.infer)."""
         body = await _read_body(request, max_request_bytes)
-        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-        infer_request = decode_request(header, binary, model_name, model_version, shm)
-        response = await _unless_disconnected(request, plane.infer(infer_request, "rest"))
-        names = [o.name for o in response.outputs]
-        try:
-            placed = shm.place_outputs(infer_request, response)
-            payload, json_length = encode_response(response, binary_output_names(infer_request, names), placed)
-        finally:
-            response.done()
-        if json_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
+        reply = await route(model_name, model_version, body, request.headers.get(HEADER_LENGTH))
+        headers = {} if reply.header_length is None else {"Inference-Header-Content-Length": str(reply.header_length)}
+        return Response(bytes(reply.body), reply.status, headers, reply.content_type.decode())
 
     async def model_statistics(_: Request, model_name: str, model_version: str | None) -> Response:
         return json_response({"model_stats": await plane.statistics(model_name, model_version)})
@@ -166,77 +157,14 @@ _INFER_BODY = {
 }
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, InferResponse]) -> InferResponse:
-    """Run ``work``, cancelled if the client hangs up first (a queued request then leaves the queue).
-
-    One watcher task cancels this handler's own task; no second task wraps the work.
-    """
-    handler = asyncio.current_task()
-    assert handler is not None
-    watcher = asyncio.ensure_future(_disconnected(request))
-
-    def hung_up(_: asyncio.Future[None]) -> None:
-        if not watcher.cancelled():
-            handler.cancel()
-
-    watcher.add_done_callback(hung_up)
-    try:
-        return await work
-    finally:
-        watcher.remove_done_callback(hung_up)
-        watcher.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    """Return once the client has gone (the body has been read, so only a disconnect arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The whole (decompressed) body, refusing anything over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    check_declared_length(request.headers.get("content-length"), limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding in ("gzip", "deflate"):
-        return _decompress(body, encoding, limit)
-    if encoding != "identity":
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (use gzip or deflate)")
-    return body
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidRequest(f"cannot decompress the {encoding} body: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
-    return data
-
-
-def _split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview | None]:
-    view = memoryview(body)
-    if header_length is None:
-        return view, None
-    if not header_length.isdigit():
-        raise InvalidRequest("Inference-Header-Content-Length must be a non-negative integer")
-    length = int(header_length)
-    if length == 0:
-        raise Unsupported("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
-                          "send a JSON header with binary_data_size")
-    if length > len(body):
-        raise InvalidRequest(
-            f"Inference-Header-Content-Length {length} is larger than the body ({len(body)} bytes)"
-        )
-    return view[:length], view[length:]
+    return decode_content(b"".join(chunks), request.headers.get("content-encoding"), limit)

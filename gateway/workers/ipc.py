@@ -10,7 +10,9 @@ references, and the tensors that do not fit an arena::
              | pickle bytes | buffer 0 | buffer 1 | ...
 
 Both ends of a connection are a ``Peer``: either side may ``call`` (and await a reply),
-``notify`` (no reply), and answer the other's calls with its handler.
+``notify`` (no reply), and answer the other's calls with its handler. The frames written in one
+turn of the event loop leave in one write: system calls, not bytes, are what these small
+messages cost.
 """
 
 import asyncio
@@ -127,6 +129,7 @@ class Peer(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outgoing: list[bytes | memoryview] = []
         self.closed = asyncio.Event()
 
     @property
@@ -185,11 +188,19 @@ class Peer(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def _write(self, message: Envelope) -> None:
-        assert self._transport is not None
-        self._transport.writelines(encode(message))
+        """Queue a frame; every frame of this turn of the event loop leaves in one write."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.extend(encode(message))
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(outgoing)
 
     def _answer(self, message: Envelope) -> None:
         if self._handle is None:
