@@ -105,7 +105,7 @@ class Supervisor:
         """The metrics port: every path answers the Prometheus text exposition."""
         if scope["type"] != "http":
             return
-        body = render(await self.view())
+        body = render(await self.view(), self.settings.metrics_compat)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
         await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+#: --metrics-compat choices: which other server's metric names to export as well as ours.
+METRICS_COMPAT = ("none", "triton")
 
 
 def default_frontends() -> int:
@@ -31,6 +33,8 @@ class Settings:
     frontends: int = dataclasses.field(default_factory=default_frontends)
     #: Ready only when every model is ready (Triton's --strict-readiness); off: ready once loading is done.
     strict_readiness: bool = True
+    #: Metric names another server uses, exported beside ours: "none", or "triton" (nv_inference_*).
+    metrics_compat: str = "none"
 
     def to_json(self) -> str:
         """The settings for a child process's command line."""
@@ -75,6 +79,14 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
 
 
+def _metrics_compat(text: str) -> str:
+    """A --metrics-compat choice; checked here so that a bad TENSORGATE_METRICS_COMPAT fails too."""
+    value = text.strip().lower()
+    if value not in METRICS_COMPAT:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(METRICS_COMPAT)}, not {text!r}")
+    return value
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings()
     parser.add_argument("--model-repo", type=Path, default=Path(_env("model_repo", d.model_repo)),
@@ -105,6 +117,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="true: /v2/health/ready only when every model is ready; false: ready once the "
                              "first load of every model has finished, whatever its outcome (per-model readiness "
                              "tells the rest) (env TENSORGATE_STRICT_READINESS; default true)")
+    parser.add_argument("--metrics-compat", type=_metrics_compat, metavar="{" + ",".join(METRICS_COMPAT) + "}",
+                        default=_env("metrics_compat", d.metrics_compat),
+                        help="also export another server's metric names: triton adds Triton's nv_inference_* "
+                             "families with its model/version labels, beside TensorGate's own "
+                             "(env TENSORGATE_METRICS_COMPAT; default none)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -112,4 +129,5 @@ def settings_from(args: argparse.Namespace) -> Settings:
         model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
         drain_timeout=args.drain_timeout, frontends=args.frontends, strict_readiness=args.strict_readiness,
+        metrics_compat=args.metrics_compat,
     )

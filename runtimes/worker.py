@@ -52,7 +52,7 @@ from gateway.contract import (
 from gateway.logs import log_event
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, TensorGateError
 from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler, gather
-from gateway.scheduling.stats import ModelStats
+from gateway.scheduling.stats import ModelStats, failure_reason
 from gateway.workers.arena import Arena
 from gateway.workers.ipc import CallFailed, Failure, Peer
 from gateway.workers.link import HELLO, socket_address
@@ -190,7 +190,7 @@ class FrontendConnection:
         elif isinstance(body, Failed):
             model = self._host.models.get(body.key)
             if model is not None:
-                model.scheduler.stats.fail.add(body.ns)
+                model.scheduler.stats.record_failure(body.ns)
         elif isinstance(body, StatsQuery):
             return {key: self._host.models[key].scheduler.stats.as_dict()
                     for key in body.keys if key in self._host.models}
@@ -208,7 +208,8 @@ class FrontendConnection:
             pending = model.scheduler.enqueue(inputs, request.outputs, request.rows, request.priority,
                                               request.timeout_s)
         except TensorGateError as exc:
-            model.scheduler.stats.fail.add(time.monotonic_ns() - request.received_ns)
+            model.scheduler.stats.record_failure(time.monotonic_ns() - request.received_ns,
+                                                 failure_reason(exc, executed=False))
             self._send(Outcome(request.id, error_kind=type(exc).__name__, error=exc.message))
             return
         self._pending[request.id] = (model, pending)
@@ -225,7 +226,7 @@ class FrontendConnection:
         elapsed = time.monotonic_ns() - received_ns
         exc = future.exception()
         if exc is not None:
-            model.scheduler.stats.fail.add(elapsed)
+            model.scheduler.stats.record_failure(elapsed, failure_reason(exc, executed=True))
             message = exc.message if isinstance(exc, TensorGateError) else str(exc)
             self._send(Outcome(request_id, error_kind=type(exc).__name__, error=message))
             return

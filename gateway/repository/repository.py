@@ -35,6 +35,8 @@ class ModelVersion:
     loads_succeeded: int = 0
     loads_failed: int = 0
     load_time: Histogram = field(default_factory=Histogram)
+    unloads: int = 0
+    unload_time: Histogram = field(default_factory=Histogram)
 
     @property
     def key(self) -> str:

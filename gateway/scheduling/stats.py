@@ -11,6 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.histogram import BATCH_BUCKETS, Histogram
+from gateway.protocol.errors import Unavailable
+
+#: Why a request failed, with Triton's names (the ``reason`` label of ``nv_inference_request_failure``):
+#: REJECTED by the scheduler (queue full, queue timeout), CANCELED, BACKEND (the model's run failed),
+#: OTHER (anything else, e.g. a request the frontend refused before it reached the queue).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+
+def failure_reason(exc: BaseException, executed: bool) -> str:
+    """Triton's reason for a request that failed with ``exc``: the scheduler's refusals (queue full,
+    queue timeout) are REJECTED; any other error is BACKEND once the request ran in a batch
+    (``executed``), OTHER when it was refused before it was queued."""
+    if isinstance(exc, Unavailable):
+        return "REJECTED"
+    return "BACKEND" if executed else "OTHER"
 
 
 @dataclass(slots=True)
@@ -49,11 +65,18 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=lambda: defaultdict(BatchStats))
+    #: ``fail.count`` split by reason (one of FAILURE_REASONS); the parts always add up to it.
+    fail_reasons: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
     # Distributions for Prometheus (seconds; rows), read at scrape time.
     queue_seconds: Histogram = field(default_factory=Histogram)
     phase_seconds: dict[str, Histogram] = field(
         default_factory=lambda: {phase: Histogram() for phase in ("input", "infer", "output")})
     batch_rows: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+
+    def record_failure(self, ns: int, reason: str = "OTHER") -> None:
+        """One failed request, ``ns`` from its receipt to its answer."""
+        self.fail.add(ns)
+        self.fail_reasons[reason if reason in self.fail_reasons else "OTHER"] += 1
 
     def record_queue(self, ns: int) -> None:
         self.queue.add(ns)

@@ -1,4 +1,5 @@
-"""One server for the observability tests, over a batching model and a model that fails."""
+"""One server for the observability tests, over a batching model and a model that fails, exporting
+Triton's metric names beside ours (``--metrics-compat triton``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def observed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         "dynamic_batching: {max_queue_delay_ms: 5, max_queue_size: 256}\n"))
     model_factory.failing_model(repo)
-    server = ServerProcess(repo)
+    # Triton's names too (compat adds, never removes): every test here also checks that our own
+    # families are all still there with them, and test_triton_metrics_live queries Triton's.
+    server = ServerProcess(repo, extra_args=["--metrics-compat", "triton"])
     server.start()
     yield server
     assert server.stop() == 0, server.log()

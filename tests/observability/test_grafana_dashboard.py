@@ -97,6 +97,16 @@ def test_dashboard_shows_what_issue_5_asks_for() -> None:
     assert "tensorgate_queue_duration_seconds" in phases and "tensorgate_compute_duration_seconds" in phases
 
 
+def test_dashboard_shows_loads_and_versions_served() -> None:
+    """Issue 10: loads by outcome (and unloads), and how many versions of each model serve."""
+    by_title = {panel["title"]: panel for panel in panels(load_dashboard())}
+    loads = [target["expr"] for target in by_title["Model loads and unloads"]["targets"]]
+    assert any("tensorgate_model_loads_total" in expr and "outcome" in expr for expr in loads)
+    assert any("tensorgate_model_unloads_total" in expr for expr in loads)
+    [versions] = [target["expr"] for target in by_title["Versions served per model"]["targets"]]
+    assert 'tensorgate_model_state{' in versions and 'state="READY"' in versions
+
+
 def _write_as_rules(path: Path, expressions: list[str]) -> None:
     """Each expression as a recording rule: promtool check rules parses every one with Prometheus's parser."""
     rules = [{"record": f"dashboard:query_{i}:check", "expr": expr} for i, expr in enumerate(expressions)]

@@ -25,10 +25,11 @@ from tests.observability.observability import (
 
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
 
-#: The alerts issue 5 asks for, and the worker-down alert that goes with the restart one.
+#: The alerts issue 5 asks for, the worker-down alert that goes with the restart one, and issue 10's
+#: failed load.
 EXPECTED_ALERTS = {"TensorGateHighLatencyP99", "TensorGateHighErrorRatio", "TensorGateQueueNearFull",
                    "TensorGateModelNotReady", "TensorGateWorkerRestarting", "TensorGateWorkerDown",
-                   "TensorGateNoTraffic"}
+                   "TensorGateNoTraffic", "TensorGateModelLoadFailed"}
 
 
 def alerts() -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ import pytest
 from gateway.logs import log_event
 from gateway.settings import MIB, Settings, add_serve_arguments, settings_from
 
-ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES"]
+ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES",
+             "METRICS_COMPAT"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +85,27 @@ def test_unknown_log_level_is_rejected(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         _parse("--log-level", "verbose")
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_metrics_compat_is_none_unless_triton_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _parse().metrics_compat == "none"
+    assert _parse("--metrics-compat", "triton").metrics_compat == "triton"
+    monkeypatch.setenv("TENSORGATE_METRICS_COMPAT", "Triton")
+    assert _parse().metrics_compat == "triton"
+    assert _parse("--metrics-compat", "none").metrics_compat == "none"
+    assert Settings.from_json(_parse().to_json()).metrics_compat == "triton"
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_unknown_metrics_compat_is_rejected(where: str, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        if where == "flag":
+            _parse("--metrics-compat", "tfserving")
+        else:
+            monkeypatch.setenv("TENSORGATE_METRICS_COMPAT", "tfserving")
+            _parse()
+    assert "--metrics-compat: must be one of none, triton, not 'tfserving'" in capsys.readouterr().err
 
 
 # --- log_event -------------------------------------------------------------------------------------------------
