@@ -236,7 +236,7 @@ class Scheduler:
         finally:
             self._idle += 1
             self._running_rows -= rows
-            self._window.completed(asyncio.get_running_loop().time())
+            self._window.completed(asyncio.get_running_loop().time(), rows)
             self._dispatch()
 
     def _deliver(self, batch: list[Pending], rows: int, outputs: Outputs) -> None:

@@ -13,6 +13,13 @@ last arrival, or a couple of client turnaround times of the last completed batch
 clients are on their way back) and never holds the oldest queued request back by more than
 the max queue delay. At concurrency 1 the loop holds one row, so a lone request is sent at once.
 
+Keeping the loop in one batch leaves the model idle while that batch's answers go out and the
+next requests come in (lockstep). When that turnaround is long next to the model's run, splitting
+the loop in two pays: one half computes while the other half turns around, at the price of a
+smaller batch. Which is better depends on the model and the machine, so ``DepthChooser`` measures
+it: it serves rows at pipeline depth 1 (one batch per loop) and 2 (two), compares the rows served
+per second over epochs of ``EPOCH_S``, keeps the better and tries the other again now and then.
+
 The max queue delay bounds the delay the batcher *chooses*: it counts from when the oldest
 request could first have been sent — its arrival, or the moment an instance came free while it
 waited — not the time it spent behind a busy instance, which any rule would have cost it.
@@ -21,7 +28,7 @@ client that missed a batch waits a whole batch for the next, so its budget is al
 when the instance frees, and it leaves alone again.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: How long a peak of in-system rows is remembered once the load drops below it. A steady
 #: loop refreshes its peak every batch; after the load drops, requests may be held for the old
@@ -33,6 +40,51 @@ STALL_GAPS = 4.0
 RETURN_TURNAROUNDS = 2.0
 #: The shortest stall time, so one tiny gap does not end the wait at once.
 MIN_STALL_S = 50e-6
+
+
+#: Throughput at each pipeline depth is compared over epochs this long (seconds of serving).
+EPOCH_S = 0.5
+#: The better depth is kept this many epochs before the other one is measured again.
+EXPLOIT_EPOCHS = 8
+#: Depth 2 must serve this much more than depth 1 to be kept: its batches cost more per row.
+DEPTH_2_MARGIN = 1.03
+#: A loop of fewer rows is never split.
+MIN_SPLIT_ROWS = 4
+
+
+@dataclass(slots=True)
+class DepthChooser:
+    """Picks the pipeline depth (1 or 2 batches per loop) that serves the most rows per second."""
+
+    depth: int = 1
+    _epoch_start: float | None = None
+    _last: float = 0.0
+    _rows: int = 0
+    _served: dict[int, float] = field(default_factory=dict)
+    _plan: list[int] = field(default_factory=list)
+
+    def completed(self, now: float, rows: int, loop_rows: int) -> None:
+        """A batch of ``rows`` finished while the loop held ``loop_rows``."""
+        if loop_rows < MIN_SPLIT_ROWS:
+            self.depth, self._epoch_start = 1, None
+            return
+        if self._epoch_start is None or now - self._last > EPOCH_S:
+            self._epoch_start, self._rows = now, 0  # an epoch with a pause in it measures nothing
+        else:
+            self._rows += rows
+        self._last = now
+        if now - self._epoch_start >= EPOCH_S:
+            self._served[self.depth] = self._rows / (now - self._epoch_start)
+            self._epoch_start, self._rows = now, 0
+            self.depth = self._next()
+
+    def _next(self) -> int:
+        if not self._plan:
+            if len(self._served) < 2:
+                return 2 if self.depth == 1 else 1
+            best = 2 if self._served[2] > DEPTH_2_MARGIN * self._served[1] else 1
+            self._plan = [best] * EXPLOIT_EPOCHS + [3 - best]
+        return self._plan.pop(0)
 
 
 @dataclass(slots=True)
@@ -56,6 +108,7 @@ class BatchWindow:
         self._awaiting_return = False
         self._peak = 0
         self._peak_at = 0.0
+        self.depth = DepthChooser()
 
     def arrived(self, now: float, in_system_rows: int) -> None:
         """Record an arrival; ``in_system_rows`` counts queued and executing rows, this one included."""
@@ -72,14 +125,18 @@ class BatchWindow:
         if in_system_rows >= self._peak or now - self._peak_at > PEAK_MEMORY_S:
             self._peak, self._peak_at = in_system_rows, now
 
-    def completed(self, now: float) -> None:
-        """Record a finished batch: its clients will send again after their turnaround time."""
+    def completed(self, now: float, rows: int = 1) -> None:
+        """Record a finished batch of ``rows``: its clients will send again after their turnaround time."""
         self._last_completion = now
         self._awaiting_return = True
+        if self.max_delay_s > 0:
+            self.depth.completed(now, rows, self._peak)
 
     def target(self, running_rows: int) -> int:
-        """The batch worth waiting for: the rows in the loop that are not executing, within limits."""
-        target = min(self.max_batch_size, self._peak - running_rows)
+        """The batch worth waiting for: the rows in the loop that are not executing (split in two at
+        pipeline depth 2), within limits."""
+        depth = self.depth.depth
+        target = min(self.max_batch_size, -(-(self._peak - running_rows) // depth))
         if self.preferred:
             fitting = [p for p in self.preferred if p <= target]
             target = fitting[-1] if fitting else self.preferred[0]

@@ -4,8 +4,8 @@ On connect the frontend creates two arenas (``gateway.workers.arena``) and hands
 the worker: it writes each request's tensors once into its input arena and sends only their
 places (``Submit``); the worker batches them with every other frontend's requests, writes the
 outputs into the output arena and answers with their places (``Results``). The frontend reads
-the outputs as views, encodes its reply, then tells the worker to free them (``Release``,
-batched per turn of the event loop).
+the outputs as views, encodes its reply, then tells the worker to free them (``Release``: sent
+with the next request, so it costs the worker no wake-up of its own, or after ``RELEASE_DELAY_S``).
 
 An input block is freed only once the worker has answered for its request, so a request whose
 client hung up (``Cancel``) keeps its inputs until the worker confirms it dropped or finished
@@ -29,6 +29,10 @@ from gateway.workers.ipc import Peer
 
 #: What a frontend sends first on a data connection: its input and output arenas' sizes (+ their fds).
 HELLO = struct.Struct("<QQ")
+
+
+#: Output blocks are freed with the next request sent, or after this long when none comes.
+RELEASE_DELAY_S = 0.002
 
 
 def socket_address(name: str) -> str:
@@ -101,6 +105,7 @@ class WorkerLink:
                 call.inputs.append(ref.offset)
         request_id = next(self._ids)
         self._calls[request_id] = call
+        self._flush_releases()  # frees ride along with the request: one write, one wake-up of the worker
         self._peer.notify(Submit(request_id, key, wire, outputs, rows, priority, timeout_s, received_ns))
         try:
             outcome = await call.future
@@ -147,7 +152,7 @@ class WorkerLink:
         if not blocks or not self.connected:
             return
         if not self._releases:
-            asyncio.get_running_loop().call_soon(self._flush_releases)
+            asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_releases)
         self._releases.extend(blocks)
 
     def _flush_releases(self) -> None:
