@@ -7,7 +7,7 @@ import sys
 import uvloop
 
 from gateway.logs import configure
-from gateway.settings import add_serve_arguments, settings_from
+from gateway.settings import SettingsError, add_serve_arguments, settings_from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.server import serve
 
         configure(args.log_level)
-        settings = settings_from(args)
+        try:
+            settings = settings_from(args)
+        except SettingsError as exc:
+            parser.error(str(exc))
         if not settings.model_repo.is_dir():
             parser.error(f"--model-repo {settings.model_repo}: no such directory")
         return uvloop.run(serve(settings))

@@ -4,10 +4,11 @@ Imported by the supervisor, the frontends and the runtime workers alike, and by 
 knows a transport or a framework. Three kinds of conversation use these messages (all framed
 by ``gateway.workers.ipc``):
 
-- supervisor -> runtime worker (control): ``LoadModel``, ``UnloadModel``, ``WorkerSnapshot``;
+- supervisor -> runtime worker (control): ``LoadModel``, ``WarmUp``, ``UnloadModel``, ``WorkerSnapshot``;
 - supervisor <-> frontend (control): ``ModelTable``, ``SharedMemoryRegions``, ``Drain``, ``Stop``,
-  ``FrontendSnapshot``;
-- frontend <-> runtime worker (data): ``Submit``, ``Cancel``, ``Release``, ``Failed``,
+  ``FrontendSnapshot`` one way; ``LoadRequest``, ``UnloadRequest``, ``IndexRequest`` (answered by
+  ``RepositoryReply``) and ``SharedMemoryRegions`` the other;
+- frontend <-> runtime worker (data): ``Submit``, ``Cancel``, ``Release``, ``Failed``, ``Fence``,
   ``StatsQuery`` one way, ``Results`` the other. Tensors travel as ``TensorRef`` into a shared
   arena (``gateway.workers.arena``), or inline where they do not fit one.
 """
@@ -16,6 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+#: The reason a version shows once a client or the repository unloaded it (Triton's word).
+UNLOADED = "unloaded"
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model (None if it can): a model is a folder directly under the
+    repository root, so a request's name is never a path (``a/b``, ``..``) that reaches outside it."""
+    if not name:
+        return "the model name is empty"
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        return (f"model name {name!r} is not a folder name (no '/', '\\', '.' or '..'): it must name a folder "
+                f"directly under the model repository")
+    if name.startswith(".") or name == "lost+found":
+        return f"model name '{name}' names a folder the repository never serves (hidden, or the file system's)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +93,50 @@ class LoadModel:
     scheduling: SchedulerOptions | None = None
     #: The model file inside the version folder, when not the platform's default name.
     filename: str | None = None
+    #: The version's number as a string (the key also carries the load's generation).
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    """How one input of a warm-up sample is filled: ``source`` is 'zero', 'random' or 'file'."""
+
+    name: str
+    datatype: str
+    #: Without the batch dimension; no variable dimensions.
+    shape: tuple[int, ...]
+    source: str
+    #: The raw tensor file (Triton's layout: little-endian values, BYTES as 4-byte length + bytes).
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """One warm-up request: ``batch_size`` rows (ignored when the model does not batch), run ``count`` times."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[WarmupInput, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """Run these samples through the loaded model version ``key`` (its adapter) before it serves."""
+
+    key: str
+    samples: tuple[WarmupSample, ...]
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class UnloadModel:
-    """Drain the model version's queue, then free it."""
+    """Free the model version ``key``: once every data connection has fenced ``after_generation`` (so no
+    frontend can still send it a request), stop taking requests, let the queued and running ones finish,
+    then free it."""
 
     key: str
+    after_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +208,14 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """The frontend serves from ModelTable ``generation`` on: it sends nothing after this for a key that
+    table no longer routes to. Sent on every data connection after each table, and first on a new one."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsQuery:
     keys: list[str]
 
@@ -195,6 +257,9 @@ class ServedModel:
     signature: Signature | None
     #: The model's effective configuration, in the JSON shape of Triton's ModelConfig.
     config: dict[str, Any]
+    #: False for what nobody asked to serve (unloaded, or never loaded in explicit mode) and for a
+    #: version that failed to load beside versions still serving: these never hold readiness back.
+    required: bool = True
 
     @property
     def ready(self) -> bool:
@@ -213,6 +278,10 @@ class ModelTable:
     workers: dict[str, str]
     #: True once every configured model has been through its first load.
     loaded: bool = False
+    #: Increases with every table the supervisor sends (see ``Fence``).
+    generation: int = 0
+    #: --model-control-mode: in 'explicit' an empty table is a ready server.
+    control_mode: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +293,34 @@ class SharedMemoryRegions:
     """
 
     registrations: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """A client asked a frontend to load (or reload) model ``name``; ``config`` is Triton's JSON override."""
+
+    name: str
+    config: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadRequest:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRequest:
+    """A client asked for the repository index: the supervisor first looks for model folders added or
+    removed since it last looked (the index lists every folder, loaded or not), publishing any change."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryReply:
+    """The supervisor has finished (every frontend has the new table), or ``error_kind`` names the
+    ``TensorGateError`` class of why not."""
+
+    error_kind: str = ""
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

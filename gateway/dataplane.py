@@ -9,21 +9,48 @@ types in ``gateway.protocol``.
 """
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway import __version__
-from gateway.contract import ModelTable, ServedModel, TensorSpec
+from gateway.contract import (
+    UNLOADED,
+    IndexRequest,
+    LoadRequest,
+    ModelTable,
+    RepositoryReply,
+    ServedModel,
+    TensorSpec,
+    UnloadRequest,
+    model_name_problem,
+)
+from gateway.logs import log_event
 from gateway.metrics import RequestMetrics
+from gateway.protocol import errors
 from gateway.protocol.datatypes import datatype_of
-from gateway.protocol.errors import InvalidRequest, NotFound, QueueTimeout, TensorGateError, Unavailable
+from gateway.protocol.errors import (
+    InvalidRequest,
+    NotFound,
+    QueueTimeout,
+    TensorGateError,
+    Unavailable,
+    Unsupported,
+)
 from gateway.protocol.types import InferOutput, InferRequest, InferResponse
 from gateway.validation import validate_request
 from gateway.workers.ipc import CallFailed, ConnectionGone
 from gateway.workers.link import WorkerLink
 
 SERVER_NAME = "tensorgate"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "schedule_policy", "statistics", "system_shared_memory")
+log = logging.getLogger("tensorgate.dataplane")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "model_repository(unload_dependents)",
+              "schedule_policy", "statistics", "system_shared_memory")
+
+#: Sends a repository change to the supervisor and returns its answer (the frontend's control connection).
+ControlCall = Callable[[LoadRequest | UnloadRequest | IndexRequest], Awaitable[RepositoryReply]]
 
 
 class WorkerLinks:
@@ -34,6 +61,7 @@ class WorkerLinks:
         self._addresses: dict[str, str] = {}
         self._links: dict[str, WorkerLink] = {}
         self._connecting: dict[str, asyncio.Future[WorkerLink]] = {}
+        self._generation = 0
 
     def update(self, addresses: dict[str, str]) -> None:
         self._addresses = dict(addresses)
@@ -41,6 +69,12 @@ class WorkerLinks:
             if addresses.get(framework) != link.address:
                 link.close()
                 del self._links[framework]
+
+    def fence(self, generation: int) -> None:
+        """After applying table ``generation``: tell every worker this frontend holds a link to (see ``Fence``)."""
+        self._generation = generation
+        for link in self._links.values():
+            link.fence(generation)
 
     async def get(self, framework: str, model: str) -> WorkerLink:
         link = self._links.get(framework)
@@ -65,6 +99,7 @@ class WorkerLinks:
     async def _connect(self, framework: str, address: str) -> WorkerLink:
         link = WorkerLink(framework, address, self._arena_bytes)
         await link.connect()
+        link.fence(self._generation)  # the worker waits for every connection's fence before it unloads
         self._links[framework] = link
         return link
 
@@ -81,33 +116,45 @@ class DataPlane:
         self.in_flight = 0
         self._table = ModelTable((), {})
         self._models: dict[str, list[ServedModel]] = {}
+        #: The supervisor, for the repository API's load and unload (set by the frontend).
+        self.control: ControlCall | None = None
 
     def update(self, table: ModelTable) -> None:
-        """Serve from ``table`` from now on (published by the supervisor on every change)."""
+        """Serve from ``table`` from now on (published by the supervisor on every change), then fence it."""
+        if table.generation < self._table.generation:
+            return  # an older table overtaken by a newer one
         models: dict[str, list[ServedModel]] = {}
         for model in table.models:
             models.setdefault(model.name, []).append(model)
         self._table, self._models = table, models
         self.links.update(table.workers)
+        self.links.fence(table.generation)
 
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        """Strict: every configured model is ready. Otherwise: the first load of each has finished."""
+        """Strict: every model meant to serve is ready (at least one, except in explicit mode). Otherwise:
+        the first load of each has finished."""
         if self.draining or not self._table.loaded:
             return False
-        return not self.strict_readiness or (bool(self._models) and all(m.ready for m in self._table.models))
+        if not self.strict_readiness:
+            return True
+        required = [m for m in self._table.models if m.required]
+        return (bool(required) or self._table.control_mode == "explicit") and all(m.ready for m in required)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model(self, name: str, version: str | None) -> ServedModel:
-        """The version a request names, or the highest served version; NotFound otherwise."""
+        """The version a request names, or the highest ready version (else the highest); NotFound otherwise."""
         versions = self._models.get(name)
         if versions is None:
             raise NotFound(f"unknown model '{name}'")
         if not version:
+            for model in reversed(versions):
+                if model.ready:
+                    return model
             return versions[-1]
         for model in versions:
             if str(model.version) == version:
@@ -141,22 +188,104 @@ class DataPlane:
             index.append(item)
         return index
 
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: every model folder in the repository, each version's state and
+        reason; a model that was never loaded by its name alone."""
+        if self.control is not None and not self.draining:
+            with contextlib.suppress(TensorGateError):  # no supervisor to ask: the table as it is
+                await self.control(IndexRequest())  # folders added since: in this frontend's table on return
+        index = []
+        for model in self._table.models:
+            if ready_only and not model.ready:
+                continue
+            item: dict[str, Any] = {"name": model.name}
+            if model.version is not None:
+                item["version"] = str(model.version)
+            if model.state:
+                item["state"], item["reason"] = model.state, model.reason
+            index.append(item)
+        return index
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        """Triton's repository load: (re)load ``name``, optionally with ``parameters['config']`` (JSON).
+        Returns when the model serves in every frontend."""
+        try:
+            await self._load_model(name, parameters)
+        except TensorGateError as exc:
+            log_event(log, "model_load_refused", level=logging.WARNING, model=name, status=exc.http_status,
+                      reason=exc.message)
+            raise
+
+    async def _load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        _check_name(name)
+        config = None
+        for key, value in parameters.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidRequest("load parameter 'config' must be a string: the model configuration as "
+                                         "JSON (Triton's ModelConfig)")
+                config = value
+            elif key.startswith("file:"):
+                raise Unsupported(f"load parameter '{key}': file overrides are not supported; put the model's "
+                                  f"files in the repository and load it from there")
+            else:
+                raise InvalidRequest(f"Unrecognized load parameter '{key}' (accepted: config)")
+        await self._repository_call(LoadRequest(name, config))
+
+    async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
+        """Triton's repository unload: new requests get 503 at once, those in flight finish."""
+        try:
+            await self._unload_model(name, parameters)
+        except TensorGateError as exc:
+            log_event(log, "model_unload_refused", level=logging.WARNING, model=name, status=exc.http_status,
+                      reason=exc.message)
+            raise
+
+    async def _unload_model(self, name: str, parameters: dict[str, Any]) -> None:
+        _check_name(name)
+        for key, value in parameters.items():
+            if key != "unload_dependents":
+                raise InvalidRequest(f"Unrecognized unload parameter '{key}' (accepted: unload_dependents)")
+            if not isinstance(value, bool):
+                raise InvalidRequest("unload parameter 'unload_dependents' must be a boolean")
+        # No model here has dependents (no ensembles), so unload_dependents changes nothing.
+        await self._repository_call(UnloadRequest(name))
+
+    async def _repository_call(self, body: LoadRequest | UnloadRequest) -> None:
+        if self.control is None:
+            raise Unsupported("this server has no supervisor to load or unload models")
+        if self.draining:
+            raise Unavailable("the server is shutting down; models are not loaded or unloaded any more")
+        reply = await self.control(body)
+        if reply.error_kind:
+            kind = getattr(errors, reply.error_kind, None)
+            if isinstance(kind, type) and issubclass(kind, TensorGateError):
+                raise kind(reply.error)
+            raise TensorGateError(reply.error)
+
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
         """Validate one request and have its model's worker queue, batch and run it."""
         started = time.monotonic_ns()
         name = version = counted_here = ""
         self.in_flight += 1
         try:
-            model = self.model(request.model_name, request.model_version)
-            name, version = model.name, _version(model)  # errors are counted for it from here on
-            if self.draining:
-                raise Unavailable("the server is shutting down; send the request to another replica")
-            _check_ready(model)
-            assert model.signature is not None
-            counted_here = model.key  # a failure from here is in the model's statistics
-            inputs, output_names, rows = validate_request(request, model.signature, model.max_batch_size, model.name)
-            priority, timeout_s = schedule_parameters(request)
-            link = await self.links.get(model.framework, model.name)
+            while True:
+                table = self._table
+                model = self.model(request.model_name, request.model_version)
+                name, version = model.name, _version(model)  # errors are counted for it from here on
+                if self.draining:
+                    raise Unavailable("the server is shutting down; send the request to another replica")
+                _check_ready(model)
+                assert model.signature is not None
+                counted_here = model.key  # a failure from here is in the model's statistics
+                inputs, output_names, rows = validate_request(request, model.signature, model.max_batch_size,
+                                                              model.name)
+                priority, timeout_s = schedule_parameters(request)
+                link = await self.links.get(model.framework, model.name)
+                if self._table is table:
+                    break
+                # A table came while the link connected, and this link fenced it: route by it, since the
+                # instance the old table named may be retiring.
             counted_here = ""  # the worker counts whatever happens next
             answer = await link.infer(model.key, model.name, inputs, output_names, rows, priority, timeout_s, started)
         except TensorGateError as exc:
@@ -201,8 +330,20 @@ class DataPlane:
 
 
 def _check_ready(model: ServedModel) -> None:
-    if not model.ready:
-        raise Unavailable(f"model {model.label} is not ready ({model.state}): {model.reason}")
+    if model.ready:
+        return
+    if not model.state:
+        raise Unavailable(f"model '{model.name}' is not loaded (the server runs in explicit model control mode: "
+                          f"load it with POST /v2/repository/models/{model.name}/load)")
+    if model.reason == UNLOADED:
+        raise Unavailable(f"model '{model.name}' is unloaded: it has no available versions")
+    raise Unavailable(f"model {model.label} is not ready ({model.state}): {model.reason}")
+
+
+def _check_name(name: str) -> None:
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise InvalidRequest(problem)
 
 
 def _version(model: ServedModel) -> str:

@@ -21,17 +21,29 @@ from typing import Any
 
 import uvloop
 
-from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, SharedMemoryRegions, Stop
+from gateway.contract import (
+    Drain,
+    FrontendSnapshot,
+    FrontendState,
+    IndexRequest,
+    LoadRequest,
+    ModelTable,
+    RepositoryReply,
+    SharedMemoryRegions,
+    Stop,
+    UnloadRequest,
+)
 from gateway.dataplane import DataPlane, WorkerLinks
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import configure
 from gateway.metrics import RequestMetrics
+from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
 from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
-from gateway.workers.ipc import Peer
+from gateway.workers.ipc import CallFailed, ConnectionGone, Peer
 
 #: Each shared-memory arena (one for requests, one for answers, per worker): address space, not memory;
 #: only the pages tensors touch are resident. A tensor that does not fit travels through the socket.
@@ -45,6 +57,7 @@ class Frontend:
         self.settings = settings
         self.metrics = RequestMetrics(enabled=settings.metrics_port != 0)
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
+        self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
                                InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
@@ -72,6 +85,18 @@ class Frontend:
         """Every frontend must see a client's region before the client is told it is registered."""
         if self._control is not None:
             await self._control.call(SharedMemoryRegions(registrations))
+
+    async def _repository_call(self, body: LoadRequest | UnloadRequest | IndexRequest) -> RepositoryReply:
+        """A repository load or unload, done by the supervisor; it answers once every frontend has the new table."""
+        if self._control is None:
+            raise Unavailable("this frontend is not connected to its supervisor yet; retry")
+        try:
+            reply: RepositoryReply = await self._control.call(body)
+        except ConnectionGone:
+            raise Unavailable("the server's supervisor has gone; the server is stopping") from None
+        except CallFailed as exc:
+            raise TensorGateError(f"the supervisor failed to answer {type(body).__name__}: {exc}") from None
+        return reply
 
     def _state(self) -> FrontendState:
         return FrontendState(self.metrics.snapshot(), self.plane.in_flight, self.rest.requests_in_progress)

@@ -7,10 +7,21 @@ before it counts as started, so it never answers from an empty table.
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.contract import Drain, FrontendSnapshot, FrontendState, ModelTable, SharedMemoryRegions, Stop
+from gateway.contract import (
+    Drain,
+    FrontendSnapshot,
+    FrontendState,
+    IndexRequest,
+    LoadRequest,
+    ModelTable,
+    RepositoryReply,
+    SharedMemoryRegions,
+    Stop,
+    UnloadRequest,
+)
 from gateway.logs import log_event
 from gateway.settings import Settings
 from gateway.workers.ipc import CallFailed, ConnectionGone
@@ -23,10 +34,16 @@ class FrontendStartFailed(Exception):
     """A frontend exited before it was serving (e.g. its port could not be bound); see its log."""
 
 
+#: Carries out a client's repository load or unload (the supervisor's lifecycle).
+RepositoryHandler = Callable[[LoadRequest | UnloadRequest | IndexRequest], Awaitable[RepositoryReply]]
+
+
 class FrontendPool:
-    def __init__(self, settings: Settings, table: Callable[[], ModelTable]) -> None:
+    def __init__(self, settings: Settings, table: Callable[[], ModelTable],
+                 repository: RepositoryHandler | None = None) -> None:
         self._settings = settings
         self._table = table
+        self._repository = repository
         self._frontends: dict[int, ChildProcess] = {}
         self._shared_memory = SharedMemoryRegions([])
         self._closing = False
@@ -40,9 +57,11 @@ class FrontendPool:
         """Start every frontend and wait until each is listening with the current table."""
         await asyncio.gather(*(self._start(i) for i in range(self._settings.frontends)))
 
-    async def publish(self) -> None:
-        """Send the current ModelTable to every frontend and wait until each has it."""
-        await self._each(self._table())
+    async def publish(self) -> int:
+        """Send the current ModelTable to every frontend and wait until each has it; its generation."""
+        table = self._table()
+        await self._each(table)
+        return table.generation
 
     async def drain(self) -> tuple[int, int]:
         """Turn every frontend not-ready; (inferences, HTTP requests) in progress at that moment."""
@@ -74,11 +93,17 @@ class FrontendPool:
             raise FrontendStartFailed(f"frontend-{index} exited with {returncode} before it was serving") from None
         self._frontends[index] = frontend
 
-    async def _handle(self, body: Any) -> None:
-        """A frontend's calls: a client changed its shared-memory registrations there; share them."""
+    async def _handle(self, body: Any) -> Any:
+        """A frontend's calls: a client changed its shared-memory registrations there (share them), or asked
+        for a model to be loaded or unloaded (answered when every frontend has the new table)."""
         if isinstance(body, SharedMemoryRegions):
             self._shared_memory = body
             await self._each(body)
+        elif isinstance(body, LoadRequest | UnloadRequest | IndexRequest):
+            if self._repository is None:
+                return RepositoryReply("Unsupported", "this server does not load or unload models")
+            return await self._repository(body)
+        return None
 
     async def _each(self, body: Any) -> list[Any]:
         live = [f for f in self._frontends.values() if f.alive]

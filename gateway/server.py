@@ -9,7 +9,9 @@
 The supervisor publishes a ModelTable (every version's state, signature, config, and where
 each worker takes data connections) to every frontend whenever anything changes. Frontends
 send requests straight to the workers, tensors through shared memory; nothing on the request
-path passes through the supervisor.
+path passes through the supervisor. Models change while serving (``gateway.lifecycle``): by the
+repository API in explicit mode (a frontend forwards the call here), or by polling the
+repository in poll mode.
 
 Shutdown on SIGTERM or SIGINT drains before it stops:
 
@@ -35,13 +37,14 @@ from typing import Any
 
 import uvicorn
 
-from gateway.contract import ModelTable, ServedModel
+from gateway.contract import IndexRequest, LoadRequest, ModelTable, RepositoryReply, ServedModel, UnloadRequest
 from gateway.frontends import FrontendPool, FrontendStartFailed
 from gateway.lifecycle import ModelLifecycle
 from gateway.logs import log_event
 from gateway.metrics import ServerView, render
+from gateway.protocol.errors import TensorGateError
 from gateway.repository.config import METADATA_PLATFORM
-from gateway.repository.repository import ModelVersion, Repository, State
+from gateway.repository.repository import Model, ModelVersion, Repository, State
 from gateway.repository.triton_config import triton_config
 from gateway.settings import Settings
 from gateway.workers.pool import WorkerPool
@@ -65,20 +68,67 @@ class Supervisor:
         self.settings = settings
         self.repository = Repository(settings.model_repo)
         self.pool = WorkerPool(self._worker_restarted, self._changed)
-        self.lifecycle = ModelLifecycle(self.repository, self.pool, self._changed)
-        self.frontends = FrontendPool(settings, self.table)
+        self.lifecycle = ModelLifecycle(self.repository, self.pool, self._changed, self._publish_now,
+                                        settings.model_control_mode)
+        self.frontends = FrontendPool(settings, self.table, self._repository_call)
         self._loaded = False
         self._publishing: asyncio.Task[None] | None = None
         self._dirty = False
+        self._generation = 0
+        self._polling: asyncio.Task[None] | None = None
 
     def table(self) -> ModelTable:
-        versions = self.repository.all_versions()
-        return ModelTable(tuple(_served(mv) for mv in versions), self.pool.addresses, self._loaded)
+        """The current table; every call a newer generation (see ``contract.Fence``)."""
+        self._generation += 1
+        served: list[ServedModel] = []
+        for name in sorted(self.repository.models):
+            model = self.repository.models[name]
+            records = model.records()
+            served.extend(_served(model, mv) for mv in records)
+            if not records:
+                served.append(_not_loaded(name))
+        return ModelTable(tuple(served), self.pool.addresses, self._loaded, self._generation,
+                          self.settings.model_control_mode)
 
     async def load(self) -> None:
-        await self.lifecycle.load_all()
+        await self.lifecycle.start(self.settings.load_models)
         self._loaded = True
         await self.frontends.publish()
+        if self.settings.model_control_mode == "poll":
+            self._polling = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop_changes(self) -> None:
+        """The server is stopping: no more loads, unloads or polls."""
+        if self._polling is not None:
+            self._polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._polling
+        await self.lifecycle.close()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.lifecycle.poll()
+            except Exception as exc:  # a poll that fails (e.g. the repository unmounted) is retried next time
+                log_event(log, "repository_poll_failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+
+    async def _repository_call(self, body: LoadRequest | UnloadRequest | IndexRequest) -> RepositoryReply:
+        """A client's load, unload or index, forwarded by a frontend."""
+        try:
+            if isinstance(body, LoadRequest):
+                await self.lifecycle.load(body.name, body.config)
+            elif isinstance(body, UnloadRequest):
+                await self.lifecycle.unload(body.name)
+            elif await self.lifecycle.refresh_folders():
+                await self._publish_now()
+        except TensorGateError as exc:
+            return RepositoryReply(type(exc).__name__, exc.message)
+        return RepositoryReply()
+
+    async def _publish_now(self) -> int:
+        """Publish the table now; returns its generation once every frontend has it."""
+        return await self.frontends.publish()
 
     def _changed(self) -> None:
         """Something the frontends show changed: publish the table (coalescing bursts)."""
@@ -111,15 +161,24 @@ class Supervisor:
         await send({"type": "http.response.body", "body": body})
 
 
-def _served(mv: ModelVersion) -> ServedModel:
-    loadable = mv.version is not None
+def _served(model: Model, mv: ModelVersion) -> ServedModel:
+    loadable = mv.version is not None and mv.entry.config is not None
+    # Readiness waits for what is meant to serve: not for what was unloaded, nor for a version that
+    # failed to load while others of the model still serve.
+    required = model.wanted and (mv.serving or not model.serving())
     return ServedModel(
         name=mv.name, version=mv.version, versions=mv.versions, state=mv.state.value, reason=mv.reason,
         key=mv.key, framework=mv.config.framework if loadable else "",
         platform=METADATA_PLATFORM[mv.config.platform] if loadable else "",
         max_batch_size=mv.config.max_batch_size if loadable else 0, signature=mv.signature,
-        config=triton_config(mv) if loadable and mv.state is State.READY else {},
+        config=triton_config(mv) if loadable and mv.state is State.READY else {}, required=required,
     )
+
+
+def _not_loaded(name: str) -> ServedModel:
+    """A model in the repository that nobody has loaded (explicit mode): Triton's index lists its name only."""
+    return ServedModel(name=name, version=None, versions=(), state="", reason="not loaded", key="", framework="",
+                       platform="", max_batch_size=0, signature=None, config={}, required=False)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -191,7 +250,7 @@ async def serve(settings: Settings) -> int:
     await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         loading.result()
-        versions = supervisor.repository.all_versions()
+        versions = [mv for model in supervisor.repository.models.values() if model.wanted for mv in model.records()]
         failed = [mv for mv in versions if mv.state is not State.READY]
         log_event(log, "server_ready" if not failed else "server_started_not_ready",
                   level=logging.INFO if not failed else logging.WARNING,
@@ -203,6 +262,7 @@ async def serve(settings: Settings) -> int:
             await loading
         log_event(log, "loading_cancelled", level=logging.WARNING)
 
+    await supervisor.stop_changes()
     in_flight, http_requests = await supervisor.frontends.drain()
     drain_started = time.monotonic()
     log_event(log, "draining", in_flight=in_flight, http_requests=http_requests, timeout=settings.drain_timeout)

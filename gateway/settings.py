@@ -35,6 +35,12 @@ class Settings:
     strict_readiness: bool = True
     #: Metric names another server uses, exported beside ours: "none", or "triton" (nv_inference_*).
     metrics_compat: str = "none"
+    #: Triton's model control mode: none (load all at start, then no changes), poll (and rescan the
+    #: repository every repository_poll_secs), explicit (load load_models at start, then the API decides).
+    model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    #: explicit mode: the models loaded at start ("*": all).
+    load_models: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """The settings for a child process's command line."""
@@ -43,7 +49,8 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> "Settings":
         document = json.loads(text)
-        return cls(**{**document, "model_repo": Path(document["model_repo"])})
+        return cls(**{**document, "model_repo": Path(document["model_repo"]),
+                      "load_models": tuple(document.get("load_models", ()))})
 
 
 def _env(name: str, default: object) -> str:
@@ -67,6 +74,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError(f"must be between 1 and 64, not {text!r}")
+    return value
+
+
+def _poll_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text!r}")
     return value
 
 
@@ -122,12 +136,40 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also export another server's metric names: triton adds Triton's nv_inference_* "
                              "families with its model/version labels, beside TensorGate's own "
                              "(env TENSORGATE_METRICS_COMPAT; default none)")
+    parser.add_argument("--model-control-mode", default=_env("model_control_mode", d.model_control_mode),
+                        choices=["none", "poll", "explicit"],
+                        help="Triton's model control modes. none: load every model at start, change nothing "
+                             "later; poll: the same, then rescan the repository every --repository-poll-secs and "
+                             "load, reload or unload what changed; explicit: load the --load-model models at "
+                             "start, then only what the repository API asks for "
+                             "(env TENSORGATE_MODEL_CONTROL_MODE; default none)")
+    parser.add_argument("--repository-poll-secs", type=_poll_seconds,
+                        default=_env("repository_poll_secs", d.repository_poll_secs),
+                        help="poll mode: seconds between repository scans "
+                             "(env TENSORGATE_REPOSITORY_POLL_SECS; default 15)")
+    environment_models = [n.strip() for n in _env("load_model", "").split(",") if n.strip()]
+    parser.add_argument("--load-model", action="append", dest="load_models", metavar="NAME", default=None,
+                        help="explicit mode: a model to load at start (repeat for more; '*' alone: every model) "
+                             "(env TENSORGATE_LOAD_MODEL, comma-separated; default none)")
+    parser.set_defaults(environment_load_models=environment_models)
+
+
+class SettingsError(ValueError):
+    """Flags that do not go together (the message says which)."""
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    load_models = tuple(args.load_models if args.load_models is not None else args.environment_load_models)
+    if load_models and args.model_control_mode != "explicit":
+        raise SettingsError(f"--load-model applies to --model-control-mode explicit only (the mode is "
+                            f"{args.model_control_mode}, which loads every model)")
+    if "*" in load_models and len(load_models) > 1:
+        raise SettingsError("--load-model '*' loads every model: give it alone, without other names")
     return Settings(
         model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
         drain_timeout=args.drain_timeout, frontends=args.frontends, strict_readiness=args.strict_readiness,
         metrics_compat=args.metrics_compat,
+        model_control_mode=args.model_control_mode, repository_poll_secs=args.repository_poll_secs,
+        load_models=load_models,
     )

@@ -14,6 +14,15 @@ queued by the time the previous one finishes.
 Request tensors are read in place from the frontend's shared arena; outputs are copied once
 into the arena this worker fills for that frontend, and the frontend frees them when it has
 answered. The process exits when the supervisor closes the control socket.
+
+Models change while serving: the supervisor loads a new instance of a version under a new key
+beside the one in use, warms it up (``WarmUp``: samples through the adapter), switches the
+frontends' tables, and then unloads the old instance with ``UnloadModel(key, after_generation)``.
+Every frontend sends ``Fence(generation)`` on its data connection after applying a table, so a
+request it wrote for the old key before switching precedes the fence in the same stream. The
+unload waits until every live data connection has fenced that generation (a connection that
+opens later already has the new table and fences first thing), and only then stops taking
+requests for the key, lets the queued and running ones finish, and frees the model.
 """
 
 import asyncio
@@ -35,6 +44,7 @@ import uvloop
 from gateway.contract import (
     Cancel,
     Failed,
+    Fence,
     LoadModel,
     ModelGauges,
     Outcome,
@@ -46,6 +56,7 @@ from gateway.contract import (
     Submit,
     TensorRef,
     UnloadModel,
+    WarmUp,
     WireTensor,
     WorkerSnapshot,
 )
@@ -57,6 +68,7 @@ from gateway.workers.arena import Arena
 from gateway.workers.ipc import CallFailed, Failure, Peer
 from gateway.workers.link import HELLO, socket_address
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
+from runtimes.warmup import sample_arrays
 
 #: The adapter class for each platform, as "module:Class", imported on first use.
 ADAPTERS = {
@@ -82,7 +94,7 @@ class HostedModel:
         self.unloading = False
         self._pool = ThreadPoolExecutor(max_workers=spec.instances, thread_name_prefix=spec.key)
         options = spec.scheduling or SchedulerOptions(f"'{spec.model_name}'", spec.max_batch_size, spec.instances)
-        version = spec.key.rsplit(":", 1)[-1]
+        version = spec.version or spec.key.rsplit(":", 1)[-1]
         self.scheduler = Scheduler(options, self._execute, ModelStats(spec.model_name, version))
         #: Mean run time of a batch (an exponential average), and whether batches run on the loop.
         self._run_s: float | None = None
@@ -118,6 +130,18 @@ class HostedModel:
             raise InferenceFailed(f"model '{name}' failed while executing: {type(exc).__name__}: {exc}") from None
         return ExecuteResult(result, started, time.monotonic_ns())
 
+    async def warm_up(self, body: WarmUp) -> None:
+        """Run each sample ``count`` times through the adapter, on the instances' threads, before serving."""
+        loop = asyncio.get_running_loop()
+        for sample in body.samples:
+            try:
+                arrays = sample_arrays(sample, self.spec.max_batch_size > 0)
+                for _ in range(sample.count):
+                    await loop.run_in_executor(self._pool, self.adapter.execute, arrays, list(body.outputs))
+            except Exception as exc:
+                raise CallFailed(Failure("invalid", f"{self.spec.path}: warm-up sample '{sample.name}' failed: "
+                                                    f"{type(exc).__name__}: {exc}")) from None
+
     async def close(self) -> None:
         """Let queued and running batches finish, then free the model."""
         self.unloading = True
@@ -133,13 +157,18 @@ class Host:
     def __init__(self, framework: str) -> None:
         self.framework = framework
         self.models: dict[str, HostedModel] = {}
+        #: Every frontend's data connection, with the last table generation it fenced.
+        self.connections: set[FrontendConnection] = set()
+        self._fences = asyncio.Event()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
 
     def handle_control(self, body: Any) -> Any:
         if isinstance(body, LoadModel):
             return self._load(body)
+        if isinstance(body, WarmUp):
+            return self._warm_up(body)
         if isinstance(body, UnloadModel):
-            return self._unload(body.key)
+            return self._unload(body.key, body.after_generation)
         if isinstance(body, WorkerSnapshot):
             return {key: ModelGauges(m.scheduler.stats, m.scheduler.queued_requests, m.scheduler.inflight_requests,
                                      m.scheduler.max_queue_size) for key, m in self.models.items()}
@@ -163,12 +192,33 @@ class Host:
             await previous.close()
         return signature
 
-    async def _unload(self, key: str) -> None:
+    async def _warm_up(self, body: WarmUp) -> None:
+        model = self.models.get(body.key)
+        if model is None:
+            raise CallFailed(Failure("internal", f"no model '{body.key}' to warm up"))
+        started = time.perf_counter()
+        await model.warm_up(body)
+        log_event(log, "warmup_done", model=body.key, samples=len(body.samples), seconds=time.perf_counter() - started)
+
+    def fences_moved(self) -> None:
+        """A connection fenced a newer table, or closed: wake the unloads waiting for fences."""
+        event, self._fences = self._fences, asyncio.Event()
+        event.set()
+
+    async def _fenced(self, generation: int) -> None:
+        """Until every live data connection has fenced ``generation`` (none left can send the old key)."""
+        while any(c.fenced < generation for c in self.connections):
+            await self._fences.wait()
+
+    async def _unload(self, key: str, after_generation: int) -> None:
         model = self.models.get(key)
-        if model is not None:
-            await model.close()
-            if self.models.get(key) is model:
-                del self.models[key]
+        if model is None:
+            return
+        await self._fenced(after_generation)
+        await model.close()
+        if self.models.get(key) is model:
+            del self.models[key]
+        log_event(log, "model_freed", model=key)
 
 
 def _open(spec: LoadModel) -> tuple[RuntimeAdapter, Signature | None]:
@@ -195,10 +245,17 @@ class FrontendConnection:
         self.peer = Peer(self._on_message, self._lost)
         self._pending: dict[int, tuple[HostedModel, Pending]] = {}
         self._outbox: list[Outcome] = []
+        #: The newest table generation this frontend has fenced (-1: none yet; its first message is one).
+        self.fenced = -1
+        host.connections.add(self)
 
     def _on_message(self, body: Any) -> Any:
         if isinstance(body, Submit):
             self._submit(body)
+        elif isinstance(body, Fence):
+            if body.generation > self.fenced:
+                self.fenced = body.generation
+                self._host.fences_moved()
         elif isinstance(body, Release):
             for offset in body.offsets:
                 self._outputs.free(offset)
@@ -218,7 +275,7 @@ class FrontendConnection:
     def _submit(self, request: Submit) -> None:
         model = self._host.models.get(request.key)
         if model is None or model.unloading:
-            name = request.key.rsplit(":", 1)[0]
+            name = request.key.rsplit(":", 2)[0]
             self._send(Outcome(request.id, error_kind="Unavailable",
                                error=f"model '{name}' is not loaded in the {self._host.framework} worker"))
             return
@@ -268,6 +325,8 @@ class FrontendConnection:
 
     def _lost(self) -> None:
         """The frontend has gone: its queued requests leave the queues, nobody waits for the rest."""
+        self._host.connections.discard(self)
+        self._host.fences_moved()
         for model, pending in list(self._pending.values()):
             model.scheduler.cancel(pending)
         self._pending.clear()
@@ -285,6 +344,11 @@ class DataListener:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._tasks: set[asyncio.Future[Any]] = set()
+
+    def close(self) -> None:
+        """Stop accepting connections (those made stay open)."""
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
 
     def _accept(self) -> None:
         try:
@@ -311,6 +375,12 @@ class DataListener:
         task = asyncio.ensure_future(self._loop.connect_accepted_socket(lambda: connection.peer, conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._connected, connection))
+
+    def _connected(self, connection: FrontendConnection, task: "asyncio.Future[Any]") -> None:
+        if task.cancelled() or task.exception() is not None:  # never connected: no fence to wait for
+            self._host.connections.discard(connection)
+            self._host.fences_moved()
 
 
 async def _serve(control_fd: int, framework: str, address: str) -> None:

@@ -169,3 +169,26 @@ def copy_example_config(repo: Path) -> None:
     """Use the committed example config for the digits model (so tests check the real file)."""
     source = Path(__file__).resolve().parent.parent / "model_repo" / "digits_onnx" / "config.yaml"
     shutil.copy(source, repo / "digits_onnx" / "config.yaml")
+
+
+def offset_version(repo: Path, name: str, version: int, offset: float | None = None) -> None:
+    """Version ``version`` of model ``name``: y = x + offset (the version number by default) for x of shape
+    [batch, 4], so a reply shows which version answered. Written beside the model and renamed into place,
+    so a repository poll never sees a half-written version folder."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])], name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.full(4, version if offset is None else offset, dtype=np.float32), "offset")],
+    )
+    staging = repo / name / f".staging-{version}"
+    _save(graph, staging / "model.onnx")
+    staging.rename(repo / name / str(version))
+
+
+def offset_model(repo: Path, name: str, versions: tuple[int, ...] = (1,), config: str = "") -> None:
+    """``name``: the versions of ``offset_version``, batching up to 4, serving the latest version only."""
+    (repo / name).mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        offset_version(repo, name, version)
+    _write_config(repo / name, f"platform: onnx\nmax_batch_size: 4\n{config}")

@@ -69,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
                               context: Any) -> pb.RepositoryIndexResponse:
-        models = [m for m in self._plane.model_index() if not request.ready or m["state"] == "READY"]
+        models = await self._plane.repository_index(request.ready)
         return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
@@ -108,11 +108,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await _abort(context, exc)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: Any) -> pb.RepositoryModelLoadResponse:
+        try:
+            await self._plane.load_model(request.model_name, _parameters(request.parameters))
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are loaded at start-up only")
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:
+        try:
+            await self._plane.unload_model(request.model_name, _parameters(request.parameters))
+        except TensorGateError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest,
                                        context: Any) -> pb.SystemSharedMemoryStatusResponse:
@@ -146,6 +156,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         await _abort(context, CUDA_SHM_UNSUPPORTED)
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """A ``map<string, ModelRepositoryParameter>`` as plain values (bool, int, str or bytes)."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in parameters.items()}
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # generated, untyped

@@ -8,6 +8,8 @@ error the same way and a new error kind is one class here, never a branch in a h
     │   ├── AlreadyExists    400  ALREADY_EXISTS      (a shared-memory region of that name is registered)
     │   └── LimitReached     400  RESOURCE_EXHAUSTED  (no room for one more shared-memory region)
     ├── NotFound             404  NOT_FOUND           (no such model or version)
+    ├── Conflict             409  FAILED_PRECONDITION (the repository's content refuses the change: a broken
+    │                                                  config, no version folder, a model file that does not load)
     ├── PayloadTooLarge      413  RESOURCE_EXHAUSTED  (the body is over the configured limit)
     ├── Unsupported          501  UNIMPLEMENTED       (a valid request for a feature we do not offer)
     ├── Unavailable          503  UNAVAILABLE         (model not ready, worker gone, server draining)
@@ -54,6 +56,13 @@ class NotFound(TensorGateError):
 
     http_status = 404
     grpc_code = "NOT_FOUND"
+
+
+class Conflict(TensorGateError):
+    """The request is well formed, but what the repository holds prevents it (e.g. a load whose config is broken)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class PayloadTooLarge(TensorGateError):

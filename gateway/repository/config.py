@@ -131,6 +131,65 @@ class DynamicBatchingConfig(_Strict):
     default_priority: Annotated[int, Field(ge=1)] = 1
 
 
+def plain_name(value: str, what: str) -> str:
+    """``value`` as one file or folder name: a path could reach outside the repository."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ValueError(f"'{value}' must be {what}, not a path")
+    return value
+
+
+class WarmupInputConfig(_Strict):
+    """How a warm-up sample fills one input: zeros, random values, or a raw file from ``<model>/warmup/``.
+
+    ``datatype`` and ``shape`` (without the batch dimension) default to the model's own.
+    """
+
+    zero: bool | None = None
+    random: bool | None = None
+    file: str | None = None
+    datatype: str | None = None
+    shape: list[int] | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _file_name(cls, value: str | None) -> str | None:
+        return value if value is None else plain_name(value, "a file name in the model's warmup/ folder")
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DATATYPES:
+            raise ValueError(f"'{value}' is not one of {', '.join(DATATYPES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _fixed_dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(d < 1 for d in value):
+            raise ValueError("warm-up dimensions are positive (a sample has one concrete shape)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "WarmupInputConfig":
+        chosen = [k for k in ("zero", "random") if getattr(self, k)] + (["file"] if self.file else [])
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one of zero: true, random: true, file: NAME (got {chosen or 'none'})")
+        return self
+
+    @property
+    def source(self) -> str:
+        return "file" if self.file else "zero" if self.zero else "random"
+
+
+class WarmupConfig(_Strict):
+    """One warm-up request (Triton's ``model_warmup``), run ``count`` times before the version is ready."""
+
+    name: str = ""
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1)] = 1
+    inputs: Annotated[dict[str, WarmupInputConfig], Field(min_length=1)]
+
+
 class ModelConfig(_Strict):
     """A model's config.yaml. ``inputs``/``outputs`` may be omitted where the format carries them."""
 
@@ -145,6 +204,8 @@ class ModelConfig(_Strict):
     parameters: dict[str, str | int | float | bool] = {}
     #: The model file (or folder) inside each version folder; None: the platform's default name.
     default_model_filename: str | None = None
+    #: Requests run through the model before each version turns ready.
+    warmup: list[WarmupConfig] = []
 
     @field_validator("platform", mode="before")
     @classmethod
@@ -155,9 +216,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _plain_filename(cls, value: str | None) -> str | None:
         """A name inside the version folder: a path could reach outside the repository."""
-        if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value):
-            raise ValueError(f"'{value}' must be a file or folder name inside the version folder, not a path")
-        return value
+        return value if value is None else plain_name(value, "a file or folder name inside the version folder")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelConfig":
@@ -167,6 +226,15 @@ class ModelConfig(_Strict):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{kind}: duplicate names {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_batches(self) -> "ModelConfig":
+        for index, sample in enumerate(self.warmup):
+            limit = self.max_batch_size or 1
+            what = "max_batch_size" if self.max_batch_size else "the 1 row of a model that does not batch"
+            if sample.batch_size > limit:
+                raise ValueError(f"warmup[{index}].batch_size: {sample.batch_size} is over {what} ({limit})")
         return self
 
     @property

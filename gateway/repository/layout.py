@@ -7,10 +7,14 @@ folder with neither is reported the same way, never skipped. Hidden folders and 
 file system's ``lost+found`` are not models (the latter is logged).
 """
 
+import hashlib
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.contract import model_name_problem
 from gateway.logs import log_event
 from gateway.repository.config import ConfigError, ModelConfig, load_config
 from gateway.repository.pbtxt import CONFIG_FILE as PBTXT_FILE
@@ -20,6 +24,8 @@ CONFIG_FILE = "config.yaml"
 
 #: What ext4 and friends create at a volume's root (a PVC mounted as the repository has one).
 _NOT_MODELS = frozenset({"lost+found"})
+#: A model's warm-up files (Triton's place for model_warmup's input_data_file).
+WARMUP_FOLDER = "warmup"
 
 log = logging.getLogger("tensorgate.repository")
 
@@ -50,6 +56,62 @@ def scan_repository(root: Path) -> list[ModelEntry]:
     return entries
 
 
+def model_folders(root: Path) -> set[str]:
+    """The names of the model folders under ``root`` (what ``scan_repository`` reads), without reading them."""
+    try:
+        return {p.name for p in root.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and p.name not in _NOT_MODELS}
+    except OSError:
+        return set()
+
+
+def read_model(root: Path, name: str) -> ModelEntry | None:
+    """The model folder ``root/name`` read afresh, or None if there is no such folder (``name`` checked first)."""
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    folder = root / name
+    if not folder.is_dir():
+        return None
+    return _read_model(folder)
+
+
+def fingerprint(folder: Path, version: int | None = None) -> str:
+    """What a load of ``folder`` (one version of it, or all) depends on: the config files' bytes, and the
+    name, size and modification time of every file in the version folders and ``warmup/``.
+
+    Poll mode compares fingerprints to find models and versions that changed since they were loaded.
+    """
+    digest = hashlib.sha256()
+    for config in (CONFIG_FILE, PBTXT_FILE):
+        try:
+            digest.update(config.encode() + b"\0" + (folder / config).read_bytes() + b"\0")
+        except OSError:
+            digest.update(config.encode() + b"\1")
+    try:
+        children = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        children = []
+    wanted = {str(version), WARMUP_FOLDER} if version is not None else None
+    for child in children:
+        if (child.isdigit() or child == WARMUP_FOLDER) and (wanted is None or child in wanted):
+            digest.update(b"D" + child.encode() + b"\0")
+            _digest_files(digest.update, folder / child)
+    return digest.hexdigest()
+
+
+def _digest_files(update: Callable[[bytes], None], top: Path) -> None:
+    for directory, folders, files in os.walk(top, followlinks=True):
+        folders.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            update(f"{path.relative_to(top)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+
+
 def config_file(folder: Path) -> Path:
     """The one config file of a model folder; ConfigError if there are none or two."""
     yaml_path, pbtxt_path = folder / CONFIG_FILE, folder / PBTXT_FILE
@@ -70,6 +132,11 @@ def _read_model(folder: Path) -> ModelEntry:
         config = load_pbtxt(path, folder.name) if path.name == PBTXT_FILE else load_config(path, folder.name)
     except ConfigError as exc:
         return ModelEntry(folder.name, folder, None, (), str(exc))
+    return entry_for(folder, config, path)
+
+
+def entry_for(folder: Path, config: ModelConfig, path: Path | None) -> ModelEntry:
+    """The model folder served with ``config`` (read from ``path``, or None for a load request's override)."""
     available = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     versions = tuple(config.version_policy.select(available))
     if not versions:

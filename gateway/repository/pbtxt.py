@@ -10,11 +10,12 @@ error naming the file and the field. Nothing is dropped quietly. The defaults th
 from Triton's (an unbounded queue, KIND_AUTO, ...) are listed in README "Triton repositories".
 """
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from pydantic import ValidationError
 
 from gateway.grpc.generated import model_config_pb2 as pb
@@ -74,6 +75,8 @@ _MESSAGE_PATHS = {
     "ModelQueuePolicy": "dynamic_batching.default_queue_policy.",
     "ModelVersionPolicy": "version_policy.",
     "ModelParameter": "parameters.value.",
+    "ModelWarmup": "model_warmup.",
+    "Input": "model_warmup.inputs.value.",
 }
 
 #: Triton fields our proto does not define, with why they are refused.
@@ -124,6 +127,44 @@ def load_pbtxt(path: Path, model_name: str) -> ModelConfig:
         raise ConfigError(f"{path}: {_pydantic_problems(exc)}") from None
 
 
+def load_override(text: str, folder: Path, model_name: str) -> ModelConfig:
+    """A load request's ``config`` parameter: Triton's ModelConfig as JSON, used instead of the folder's file.
+
+    It is read into the same ModelConfig message config.pbtxt is, and converted the same way, so
+    the same fields are accepted and refused. Errors start with Triton's "Invalid config override".
+    """
+    prefix = f"Invalid config override for model '{model_name}'"
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}: not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{prefix}: the config must be a JSON object (Triton's ModelConfig), "
+                          f"not {type(document).__name__}")
+    try:
+        message = json_format.ParseDict(document, pb.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"{prefix}: {_json_problem(str(exc))}") from None
+    if message.name and message.name != model_name:
+        raise ConfigError(f"{prefix}: name: '{message.name}' is not the model's name '{model_name}'")
+    try:
+        return ModelConfig.model_validate(to_document(message, folder))
+    except _Refused as exc:
+        raise ConfigError(f"{prefix}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{prefix}: {_pydantic_problems(exc)}") from None
+
+
+def _json_problem(text: str) -> str:
+    """json_format's message, the unknown field named as in a config, without the list of known ones."""
+    unknown = _PARSE_UNKNOWN_FIELD.search(text)
+    if unknown is None:
+        return text
+    message, field = unknown.groups()
+    name = _MESSAGE_PATHS.get(message, f"{message}.") + field
+    return f"{name}: {_NOT_SUPPORTED.get(field, 'TensorGate does not read this field (misspelled, or not supported)')}"
+
+
 def parse_pbtxt(path: Path) -> pb.ModelConfig:
     """The file as Triton's ModelConfig message; syntax errors carry the line and column."""
     try:
@@ -172,6 +213,8 @@ def to_document(config: pb.ModelConfig, folder: Path) -> dict[str, Any]:
         document["dynamic_batching"] = _dynamic_batching(config.dynamic_batching, config.max_batch_size)
     if config.default_model_filename:
         document["default_model_filename"] = config.default_model_filename
+    if config.model_warmup:
+        document["warmup"] = [_warmup(sample, i) for i, sample in enumerate(config.model_warmup)]
     if config.name:
         document["name"] = config.name
     return document
@@ -179,13 +222,38 @@ def to_document(config: pb.ModelConfig, folder: Path) -> dict[str, Any]:
 
 def _refuse_unsupported_top_level(config: pb.ModelConfig) -> None:
     """Fields our proto parses only so that setting them gets a precise refusal."""
-    if config.model_warmup:
-        raise _Refused("model_warmup", "warm-up samples are not supported yet; remove the model_warmup entries")
     if config.model_transaction_policy.decoupled:
         raise _Refused("model_transaction_policy.decoupled",
                        "decoupled models (several responses per request) are not supported")
     if config.response_cache.enable:
         raise _Refused("response_cache.enable", "the response cache is not supported")
+
+
+def _warmup(sample: pb.ModelWarmup, index: int) -> dict[str, Any]:
+    """One model_warmup entry: Triton's names and rules (data_type and dims given, one data choice per input)."""
+    field = f"model_warmup[{index}]"
+    if sample.batch_size < 1:
+        raise _Refused(f"{field}.batch_size", "must be at least 1 (1 for a model that does not batch)")
+    if not sample.inputs:
+        raise _Refused(f"{field}.inputs", "lists no input")
+    inputs: dict[str, Any] = {}
+    for name in sorted(sample.inputs):
+        given = sample.inputs[name]
+        where = f"{field}.inputs['{name}']"
+        if given.data_type == pb.TYPE_INVALID:
+            raise _Refused(f"{where}.data_type", "is required")
+        if not given.dims or any(d < 1 for d in given.dims):
+            raise _Refused(f"{where}.dims", f"{list(given.dims)}: give the sample's shape (without the batch "
+                                            f"dimension), every dimension positive")
+        datatype = _enum_name(pb.DataType, given.data_type, f"{where}.data_type").removeprefix("TYPE_")
+        choice = given.WhichOneof("input_data_type")
+        if choice is None:
+            raise _Refused(where, "set one of zero_data, random_data or input_data_file")
+        source: dict[str, Any] = ({"file": given.input_data_file} if choice == "input_data_file"
+                                  else {"zero" if choice == "zero_data" else "random": True})
+        inputs[name] = {"datatype": "BYTES" if datatype == "STRING" else datatype, "shape": list(given.dims),
+                        **source}
+    return {"name": sample.name, "batch_size": sample.batch_size, "count": sample.count or 1, "inputs": inputs}
 
 
 def _platform(config: pb.ModelConfig, folder: Path) -> Platform:
@@ -410,12 +478,20 @@ def _queue_policy(policy: pb.ModelQueuePolicy) -> dict[str, Any]:
 
 
 _YAML_TO_PBTXT = {"inputs": "input", "outputs": "output", "shape": "dims", "instances": "instance_group",
-                  "preferred_batch_sizes": "preferred_batch_size"}
+                  "preferred_batch_sizes": "preferred_batch_size", "warmup": "model_warmup",
+                  "file": "input_data_file", "datatype": "data_type"}
 
 
 def _pydantic_problems(exc: ValidationError) -> str:
     """What pydantic still refused, with the locations spelled in config.pbtxt's field names."""
     return "; ".join(
-        f"{'.'.join(_YAML_TO_PBTXT.get(str(p), str(p)) for p in err['loc']) or '(top level)'}: {err['msg']}"
+        f"{'.'.join(_pbtxt_name(str(p), i) for i, p in enumerate(err['loc'])) or '(top level)'}: {err['msg']}"
         for err in exc.errors()
     )
+
+
+def _pbtxt_name(name: str, depth: int) -> str:
+    """config.pbtxt's name for one step of a pydantic location (``inputs`` is ``input`` only at the top)."""
+    if depth and name in ("inputs", "outputs"):
+        return name
+    return _YAML_TO_PBTXT.get(name, name)

@@ -1,9 +1,15 @@
-"""The repository's model versions and their states: what is configured, what loaded, and why not.
+"""The repository's models, their versions and states: what is configured, what serves, and why not.
 
-Plain records, no processes: ``gateway.lifecycle`` drives the loads through the worker pool
-and writes the outcome here; the supervisor publishes it to the frontends as a ModelTable.
+Plain records, no processes: ``gateway.lifecycle`` drives loads and unloads through the worker
+pool and writes the outcome here; the supervisor publishes it to the frontends as a ModelTable.
+
+A ``ModelVersion`` lives as long as its version is in the repository, across reloads, so its
+counters (loads, unloads, their durations) are the version's whole history. The instance that
+serves it is named ``key`` in its worker: ``name:version:generation``, a new generation for
+every load, so a new instance can load and warm up beside the one still serving.
 """
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +17,7 @@ from pathlib import Path
 from gateway.contract import Signature
 from gateway.histogram import Histogram
 from gateway.repository.config import ModelConfig
-from gateway.repository.layout import ModelEntry, scan_repository
+from gateway.repository.layout import ModelEntry
 
 
 class State(enum.StrEnum):
@@ -26,6 +32,7 @@ class ModelVersion:
 
     name: str
     version: int | None
+    #: The config (and folder) the serving instance was loaded with, or the one being tried first.
     entry: ModelEntry
     state: State = State.LOADING
     reason: str = ""
@@ -37,11 +44,17 @@ class ModelVersion:
     load_time: Histogram = field(default_factory=Histogram)
     unloads: int = 0
     unload_time: Histogram = field(default_factory=Histogram)
+    #: The load of this version's serving instance (part of ``key``).
+    generation: int = 0
+    #: True while a worker holds the instance ``key`` and the table routes requests to it.
+    serving: bool = False
+    #: What the serving instance was loaded from (``layout.fingerprint``); poll mode reloads on a change.
+    fingerprint: str = ""
 
     @property
     def key(self) -> str:
-        """The version's name in its worker."""
-        return f"{self.name}:{self.version}"
+        """The serving instance's name in its worker."""
+        return f"{self.name}:{self.version}:{self.generation}"
 
     @property
     def config(self) -> ModelConfig:
@@ -57,24 +70,44 @@ class ModelVersion:
         return self.entry.path / str(self.version)
 
 
+@dataclass(slots=True)
+class Model:
+    """One model folder: its versions, and whether anyone asked for it to be served."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    #: The version-less record of a model that cannot be loaded at all (its config, its folder).
+    problem: ModelVersion | None = None
+    #: Served on purpose: always in none and poll mode; loaded and not unloaded in explicit mode.
+    wanted: bool = False
+    #: poll mode: the folder's fingerprint when it was last looked at (unchanged: nothing to do).
+    scanned: str = ""
+    #: One change at a time per model (a load, an unload, a poll, a worker restart's reload).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def records(self) -> list[ModelVersion]:
+        """What the model shows: its versions in order, or its problem."""
+        if self.versions:
+            return [self.versions[v] for v in sorted(self.versions)]
+        return [self.problem] if self.problem is not None else []
+
+    def serving(self) -> list[ModelVersion]:
+        return [mv for mv in self.records() if mv.serving]
+
+
 class Repository:
-    """Every model folder of one repository root and the versions its config selects."""
+    """Every model of one repository root."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._models: dict[str, list[ModelVersion]] = {}
+        self.models: dict[str, Model] = {}
 
-    def scan(self) -> list[ModelVersion]:
-        """Read the repository; returns the versions to load (the unusable ones are recorded as such)."""
-        to_load: list[ModelVersion] = []
-        for entry in scan_repository(self.root):
-            names = tuple(str(v) for v in entry.versions)
-            versions = [ModelVersion(entry.name, v, entry, versions=names) for v in entry.versions] or [
-                ModelVersion(entry.name, None, entry, State.UNAVAILABLE, entry.error or "no versions")
-            ]
-            self._models[entry.name] = versions
-            to_load.extend(mv for mv in versions if mv.state is State.LOADING)
-        return to_load
+    def model(self, name: str) -> Model:
+        """The record of model ``name``, created (not wanted, nothing loaded) on first use."""
+        model = self.models.get(name)
+        if model is None:
+            model = self.models[name] = Model(name)
+        return model
 
     def all_versions(self) -> list[ModelVersion]:
-        return [mv for name in sorted(self._models) for mv in self._models[name]]
+        return [mv for name in sorted(self.models) for mv in self.models[name].records()]

@@ -7,7 +7,7 @@ clients read our configs as their own.
 from typing import Any
 
 from gateway.contract import TensorSpec
-from gateway.repository.config import METADATA_PLATFORM
+from gateway.repository.config import METADATA_PLATFORM, WarmupConfig
 from gateway.repository.repository import ModelVersion
 
 
@@ -42,6 +42,8 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
     }
     if config.default_model_filename:
         document["default_model_filename"] = config.default_model_filename
+    if config.warmup:
+        document["model_warmup"] = [_triton_warmup(sample, mv) for sample in config.warmup]
     batching = config.dynamic_batching
     if batching is not None:
         document["dynamic_batching"] = {
@@ -55,6 +57,22 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
             },
         }
     return document
+
+
+def _triton_warmup(sample: WarmupConfig, mv: ModelVersion) -> dict[str, Any]:
+    specs = {t.name: t for t in mv.signature.inputs} if mv.signature else {}
+    inputs: dict[str, Any] = {}
+    for name, given in sample.inputs.items():
+        spec = specs.get(name)
+        datatype = given.datatype or (spec.datatype if spec else "FP32")
+        item: dict[str, Any] = {"data_type": f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}",
+                                "dims": given.shape if given.shape is not None else list(spec.shape if spec else ())}
+        if given.file:
+            item["input_data_file"] = given.file
+        else:
+            item["zero_data" if given.zero else "random_data"] = True
+        inputs[name] = item
+    return {"name": sample.name, "batch_size": sample.batch_size, "count": sample.count, "inputs": inputs}
 
 
 def _triton_tensor(spec: TensorSpec) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from gateway.protocol.system_shm import SystemSharedMemory
 from gateway.rest import schemas
 from gateway.rest.body import check_declared_length, decode_content, too_large
 from gateway.rest.infer import InferRoute
+from gateway.rest.repository import add_repository_routes
 from gateway.rest.shared_memory import add_shared_memory_routes
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -110,6 +111,7 @@ def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory
     _model_routes(app, "POST", "/infer", infer, response_model=schemas.InferenceResponse, responses=_ERRORS,
                   tags=["inference"], openapi_extra={"requestBody": _INFER_BODY})
     add_shared_memory_routes(app, shm)
+    add_repository_routes(app, plane)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -149,3 +149,26 @@ class SharedMemoryRegionStatus(BaseModel):
     key: str
     offset: int
     byte_size: int
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="true: only the models ready for inference")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str | None = Field(None, description="absent for a model that was never loaded")
+    state: str | None = Field(None, description="LOADING, READY or UNAVAILABLE; absent for a model never loaded")
+    reason: str | None = None
+
+
+class RepositoryLoadRequest(BaseModel):
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="'config': a JSON string holding the model configuration (Triton's ModelConfig) to load "
+                    "with instead of the folder's config file")
+
+
+class RepositoryUnloadRequest(BaseModel):
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="'unload_dependents': accepted (no model here has dependents)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.contract import Cancel, Failed, Outcome, Release, Results, StatsQuery, Submit, TensorRef, WireTensor
+from gateway.contract import Cancel, Failed, Fence, Outcome, Release, Results, StatsQuery, Submit, TensorRef, WireTensor
 from gateway.protocol import errors
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.workers.arena import Arena
@@ -116,6 +116,12 @@ class WorkerLink:
                 self._peer.notify(Cancel(request_id))
             raise
         return self._answer(outcome)
+
+    def fence(self, generation: int) -> None:
+        """Tell the worker this frontend serves from table ``generation`` on: whatever it sent for a key that
+        table no longer routes to is ahead of this in the stream (the worker unloads such a key only then)."""
+        if self._peer is not None:
+            self._peer.notify(Fence(generation))
 
     def failed(self, key: str, ns: int) -> None:
         """Count a request that failed in the frontend in the model's statistics."""

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.contract import LoadModel, ModelGauges, Signature, UnloadModel, WorkerSnapshot
+from gateway.contract import LoadModel, ModelGauges, Signature, UnloadModel, WarmUp, WorkerSnapshot
 from gateway.logs import log_event
 from gateway.workers.process import ChildProcess
 
@@ -57,10 +57,16 @@ class WorkerPool:
         signature: Signature | None = await worker.call(spec)
         return signature
 
-    async def unload(self, framework: str, key: str) -> None:
+    async def warm_up(self, framework: str, body: WarmUp) -> None:
+        """Run a loaded instance's warm-up samples (``CallFailed`` names the sample and the cause)."""
+        worker = await self._worker(framework)
+        await worker.call(body)
+
+    async def unload(self, framework: str, key: str, after_generation: int = 0) -> None:
+        """Free instance ``key`` once every frontend has fenced table ``after_generation`` and its requests are done."""
         worker = self._workers.get(framework)
         if worker is not None and worker.alive:
-            await worker.call(UnloadModel(key))
+            await worker.call(UnloadModel(key, after_generation))
 
     async def snapshot(self) -> dict[str, ModelGauges]:
         """Every hosted model version's statistics and queue gauges, from every live worker."""

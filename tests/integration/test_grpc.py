@@ -53,10 +53,16 @@ def test_model_config_and_repository_index(stub: pb_grpc.GRPCInferenceServiceStu
     assert {(m.name, m.version) for m in index.models} >= {("versioned", "1"), ("versioned", "2")}
 
 
-def test_unimplemented_extensions_say_so(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
-    with pytest.raises(grpc.RpcError) as info:
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="versioned"))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+def test_load_and_unload_are_refused_outside_explicit_mode(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """The shared server runs in the default mode, none: Triton's status and words."""
+    for method, request in ((stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="versioned")),
+                            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="versioned"))):
+        with pytest.raises(grpc.RpcError) as info:
+            method(request)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "explicit model load / unload is not allowed if polling is enabled" in (info.value.details() or "")
+        assert "--model-control-mode none" in (info.value.details() or "")
+    assert stub.ModelReady(pb.ModelReadyRequest(name="versioned")).ready
 
 
 def test_stream_reports_errors_in_stream(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

@@ -41,6 +41,26 @@ def test_model_index_lists_every_version(client: httpx.Client) -> None:
     assert ("versioned", "3", "READY") not in names  # excluded by the version policy
 
 
+def test_repository_index_is_tritons_list(client: httpx.Client) -> None:
+    index = client.post("/v2/repository/index").json()
+    for entry in index:
+        schemas.RepositoryIndexEntry.model_validate(entry)
+    assert {"name": "versioned", "version": "1", "state": "READY", "reason": ""} in index
+    ready = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert all(e["state"] == "READY" for e in ready) and {"versioned", "identity"} <= {e["name"] for e in ready}
+    assert client.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
+    assert client.post("/v2/repository/index", content=b"[1]").status_code == 400
+
+
+def test_load_and_unload_are_refused_outside_explicit_mode(client: httpx.Client) -> None:
+    for action in ("load", "unload"):
+        response = client.post(f"/v2/repository/models/versioned/{action}")
+        assert response.status_code == 503
+        assert "explicit model load / unload is not allowed if polling is enabled" in response.json()["error"]
+    assert client.post("/v2/repository/models/..%2Fx/load").status_code == 400  # a bad name is a 400 first
+    assert client.get("/v2/models/versioned/ready").status_code == 200
+
+
 def test_model_metadata_has_batch_dimension(client: httpx.Client) -> None:
     body = client.get("/v2/models/digits_onnx").json()
     schemas.ModelMetadataResponse.model_validate(body)

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.protocol.datatypes import DATATYPES, datatype_of, element_size, numpy_dtype
 from gateway.protocol.errors import (
+    Conflict,
     InferenceFailed,
     InvalidRequest,
     NotFound,
@@ -97,6 +98,7 @@ def test_numpy_dtype_without_datatype_is_invalid_request(dtype: np.dtype) -> Non
         (TensorGateError, 500, "INTERNAL"),
         (InvalidRequest, 400, "INVALID_ARGUMENT"),
         (NotFound, 404, "NOT_FOUND"),
+        (Conflict, 409, "FAILED_PRECONDITION"),
         (PayloadTooLarge, 413, "RESOURCE_EXHAUSTED"),
         (Unsupported, 501, "UNIMPLEMENTED"),
         (Unavailable, 503, "UNAVAILABLE"),
@@ -109,7 +111,7 @@ def test_error_class_status_pair(error: type[TensorGateError], http_status: int,
     assert instance.grpc_code == grpc_code
 
 
-@pytest.mark.parametrize("error", [InvalidRequest, NotFound, PayloadTooLarge, Unsupported, Unavailable,
+@pytest.mark.parametrize("error", [InvalidRequest, NotFound, Conflict, PayloadTooLarge, Unsupported, Unavailable,
                                    InferenceFailed])
 def test_every_error_is_a_tensorgate_error_carrying_its_message(error: type[TensorGateError]) -> None:
     instance = error("what went wrong")
@@ -121,6 +123,6 @@ def test_every_error_is_a_tensorgate_error_carrying_its_message(error: type[Tens
 def test_grpc_codes_name_real_grpc_status_codes() -> None:
     import grpc
 
-    for error in (TensorGateError, InvalidRequest, NotFound, PayloadTooLarge, Unsupported, Unavailable,
+    for error in (TensorGateError, InvalidRequest, NotFound, Conflict, PayloadTooLarge, Unsupported, Unavailable,
                   InferenceFailed):
         assert isinstance(getattr(grpc.StatusCode, error.grpc_code), grpc.StatusCode)

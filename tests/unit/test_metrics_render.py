@@ -136,7 +136,8 @@ def test_triton_compat_adds_and_removes_nothing(view: ServerView) -> None:
 
 def test_triton_values_are_the_statistics_of_v2_models_stats(view: ServerView) -> None:
     samples = _samples(render(view, "triton"))
-    stats = view.models["digits:2"].stats.as_dict()
+    [gauges] = [g for g in view.models.values() if g.stats.name == "digits" and g.stats.version == "2"]
+    stats = gauges.stats.as_dict()
     inference = stats["inference_stats"]
     labels = {"model": "digits", "version": "2"}
     expected = {

@@ -1,6 +1,7 @@
 """Triton's config.pbtxt (gateway/repository/pbtxt.py): what maps onto ModelConfig, with which
 defaults, and every refusal naming the file and the field."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from gateway.lifecycle import scheduler_options
 from gateway.repository.config import ConfigError, DynamicBatchingConfig, ModelConfig
 from gateway.repository.layout import scan_repository
-from gateway.repository.pbtxt import load_pbtxt
+from gateway.repository.pbtxt import load_override, load_pbtxt
 from gateway.scheduling.scheduler import DEFAULT_MAX_QUEUE_SIZE, ExecuteResult, Scheduler
 from gateway.scheduling.stats import ModelStats
 
@@ -246,7 +247,15 @@ REFUSED = [
     (ONNX + 'input [ { name: "x" data_type: TYPE_FP32 dims: [ -2 ] } ]', "input['x'].dims", "positive, or -1"),
     (ONNX + f"input [ {{ {TENSOR} }}, {{ {TENSOR} }} ]", "input", "duplicate names ['x']"),
     (ONNX + "max_batch_size: -1", "max_batch_size", "negative"),
-    (ONNX + "model_warmup [ { name: \"w\" batch_size: 1 } ]", "model_warmup", "not supported yet"),
+    (ONNX + "model_warmup [ { name: \"w\" batch_size: 1 } ]", "model_warmup[0].inputs", "lists no input"),
+    (ONNX + 'model_warmup [ { batch_size: 0 inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 1 ] '
+            'zero_data: true } } } ]', "model_warmup[0].batch_size", "at least 1"),
+    (ONNX + 'model_warmup [ { batch_size: 1 inputs { key: "x" value { dims: [ 1 ] zero_data: true } } } ]',
+     "model_warmup[0].inputs['x'].data_type", "is required"),
+    (ONNX + 'model_warmup [ { batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [ -1 ] '
+            'zero_data: true } } } ]', "model_warmup[0].inputs['x'].dims", "every dimension positive"),
+    (ONNX + 'model_warmup [ { batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 1 ] } } } ]',
+     "model_warmup[0].inputs['x']", "zero_data, random_data or input_data_file"),
     (ONNX + "model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", "decoupled"),
     (ONNX + "response_cache { enable: true }", "response_cache.enable", "response cache"),
     (ONNX + "max_batch_size: 4 dynamic_batching { preferred_batch_size: [ 8 ] }",
@@ -379,3 +388,85 @@ def test_scan_leaves_out_hidden_folders_and_lost_and_found(tmp_path: Path, caplo
     with caplog.at_level("INFO", logger="tensorgate.repository"):
         assert scan_repository(tmp_path) == []
     assert f"event=repository_folder_ignored folder={tmp_path / 'lost+found'} " in caplog.text
+
+
+# --- model_warmup, and the repository API's JSON override ----------------------------------------------------
+
+
+def test_model_warmup_maps_onto_warmup(tmp_path: Path) -> None:
+    config = _load(tmp_path, ONNX + """max_batch_size: 8
+model_warmup [
+  {
+    name: "sample"
+    batch_size: 4
+    count: 2
+    inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 3 ] random_data: true } }
+    inputs { key: "z" value { data_type: TYPE_INT64 dims: [ 1 ] zero_data: true } }
+    inputs { key: "s" value { data_type: TYPE_STRING dims: [ 2 ] input_data_file: "s.bin" } }
+  },
+  { batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 3 ] zero_data: false } } }
+]""")
+    first, second = config.warmup
+    assert (first.name, first.batch_size, first.count) == ("sample", 4, 2)
+    assert {k: (v.source, v.datatype, v.shape) for k, v in first.inputs.items()} == {
+        "x": ("random", "FP32", [3]), "z": ("zero", "INT64", [1]), "s": ("file", "BYTES", [2])}
+    assert first.inputs["s"].file == "s.bin"
+    assert second.count == 1 and second.inputs["x"].source == "zero"  # Triton: set means chosen, whatever value
+
+
+def test_a_warmup_file_outside_the_warmup_folder_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, ONNX + 'model_warmup [ { batch_size: 1 inputs { key: "x" value { '
+                                      'data_type: TYPE_FP32 dims: [ 1 ] input_data_file: "../../secret" } } } ]')
+    assert "model_warmup.0.inputs.x.input_data_file" in message and "not a path" in message
+
+
+def _override(tmp_path: Path, document: object) -> ModelConfig:
+    folder = tmp_path / "m"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.onnx").write_bytes(b"")
+    return load_override(document if isinstance(document, str) else json.dumps(document), folder, "m")
+
+
+def test_a_json_override_is_read_like_config_pbtxt(tmp_path: Path) -> None:
+    config = _override(tmp_path, {"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 500},
+                                  "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+                                  "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]})
+    assert (config.platform, config.max_batch_size, config.instances.count) == ("onnx", 8, 2)  # platform: the file
+    assert config.dynamic_batching is not None and config.dynamic_batching.max_queue_delay_ms == 0.5
+    assert config.inputs is not None and config.inputs[0].shape == [4]
+
+
+def test_what_get_config_answers_loads_back_unchanged(tmp_path: Path) -> None:
+    """A client fetches /v2/models/m/config, edits it, and loads it: the round trip must hold."""
+    from gateway.contract import Signature, TensorSpec
+    from gateway.repository.layout import read_model
+    from gateway.repository.repository import ModelVersion
+    from gateway.repository.triton_config import triton_config
+
+    path = _write(tmp_path, FULL.replace('default_model_filename: "net.onnx"\n', ""), versions=("1", "3"))
+    path.parent.joinpath("1", "model.onnx").write_bytes(b"")
+    entry = read_model(tmp_path, "m")
+    assert entry is not None and entry.config is not None
+    signature = Signature(tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in entry.config.inputs or []),
+                          tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in entry.config.outputs or []))
+    document = triton_config(ModelVersion("m", 1, entry, signature=signature))
+    again = load_override(json.dumps(document), path.parent, "m")
+    assert again.model_dump(exclude={"name", "inputs"}) == entry.config.model_dump(exclude={"name", "inputs"})
+
+
+@pytest.mark.parametrize(("document", "fragment"), [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ({"optimization": {"priority": "PRIORITY_DEFAULT"}}, "optimization: optimization settings"),
+    ({"input": [{"name": "x", "foo": 1}]}, "input.foo: TensorGate does not read this field"),
+    ({"max_batch_size": "eight"}, "max_batch_size"),
+    ({"name": "n"}, "name: 'n' is not the model's name 'm'"),
+    ({"platform": "tensorrt_plan"}, "platform: 'tensorrt_plan' is not supported"),
+    ({"max_batch_size": 4, "model_warmup": [{"batch_size": 9, "inputs": {
+        "x": {"data_type": "TYPE_FP32", "dims": [1], "zero_data": True}}}]}, "over max_batch_size (4)"),
+])
+def test_a_bad_override_says_why(tmp_path: Path, document: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _override(tmp_path, document)
+    message = str(info.value)
+    assert message.startswith("Invalid config override for model 'm': ") and fragment in message, message

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from gateway.logs import log_event
-from gateway.settings import MIB, Settings, add_serve_arguments, settings_from
+from gateway.settings import MIB, Settings, SettingsError, add_serve_arguments, settings_from
 
 ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES",
-             "METRICS_COMPAT"]
+             "METRICS_COMPAT", "MODEL_CONTROL_MODE", "REPOSITORY_POLL_SECS", "LOAD_MODEL"]
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +106,38 @@ def test_unknown_metrics_compat_is_rejected(where: str, monkeypatch: pytest.Monk
             monkeypatch.setenv("TENSORGATE_METRICS_COMPAT", "tfserving")
             _parse()
     assert "--metrics-compat: must be one of none, triton, not 'tfserving'" in capsys.readouterr().err
+def test_model_control_modes() -> None:
+    assert (Settings().model_control_mode, Settings().repository_poll_secs, Settings().load_models) == ("none", 15.0,
+                                                                                                       ())
+    settings = _parse("--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b")
+    assert (settings.model_control_mode, settings.load_models) == ("explicit", ("a", "b"))
+    assert _parse("--model-control-mode", "poll", "--repository-poll-secs", "0.5").repository_poll_secs == 0.5
+    assert _parse("--model-control-mode", "explicit", "--load-model", "*").load_models == ("*",)
+    assert Settings.from_json(settings.to_json()) == settings  # what a frontend gets on its command line
+
+
+def test_model_control_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGATE_MODEL_CONTROL_MODE", "explicit")
+    monkeypatch.setenv("TENSORGATE_LOAD_MODEL", "a, b")
+    assert _parse().load_models == ("a", "b")
+    assert _parse("--load-model", "c").load_models == ("c",)  # the command line wins
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (("--load-model", "a"), "applies to --model-control-mode explicit only"),
+    (("--model-control-mode", "explicit", "--load-model", "*", "--load-model", "a"), "give it alone"),
+])
+def test_load_model_outside_explicit_mode_or_star_with_names_is_refused(argv: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        _parse(*argv)
+
+
+@pytest.mark.parametrize("argv", [("--model-control-mode", "manual"), ("--repository-poll-secs", "0"),
+                                  ("--repository-poll-secs", "soon")])
+def test_bad_model_control_flags_are_rejected(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(*argv)
+    assert "--" in capsys.readouterr().err
 
 
 # --- log_event -------------------------------------------------------------------------------------------------
