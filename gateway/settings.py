@@ -12,9 +12,22 @@ MIB = 1024 * 1024
 METRICS_COMPAT = ("none", "triton")
 
 
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    limit; ``os.cpu_count()`` sees the whole node)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota != "max" and int(period) > 0:
+        cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    return cpus
+
+
 def default_frontends() -> int:
-    """Frontend processes when not configured: one per two cores (the rest feed the models), 1 to 8."""
-    return max(1, min(8, (os.cpu_count() or 1) // 2))
+    """Frontend processes when not configured: one per two CPUs (the rest feed the models), 1 to 8."""
+    return max(1, min(8, available_cpus() // 2))
 
 
 @dataclass(frozen=True, slots=True)

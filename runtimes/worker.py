@@ -321,7 +321,7 @@ class FrontendConnection:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        self.peer.notify(Results(outbox))
+        self.peer.notify(Results(outbox), flush=True)  # already one frame per batch: no need to wait a turn
 
     def _lost(self) -> None:
         """The frontend has gone: its queued requests leave the queues, nobody waits for the rest."""

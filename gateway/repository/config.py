@@ -40,6 +40,15 @@ METADATA_PLATFORM: dict[Platform, str] = {
     "jax": "jax_export",
 }
 
+#: The backend named in the model config response, as Triton names its backends (jax is ours).
+TRITON_BACKEND: dict[Platform, str] = {
+    "onnx": "onnxruntime",
+    "torchscript": "pytorch",
+    "torch_export": "pytorch",
+    "savedmodel": "tensorflow",
+    "jax": "jax",
+}
+
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
 
 

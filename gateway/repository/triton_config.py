@@ -7,7 +7,7 @@ clients read our configs as their own.
 from typing import Any
 
 from gateway.contract import TensorSpec
-from gateway.repository.config import METADATA_PLATFORM, WarmupConfig
+from gateway.repository.config import METADATA_PLATFORM, TRITON_BACKEND, WarmupConfig
 from gateway.repository.repository import ModelVersion
 
 
@@ -32,7 +32,7 @@ def triton_config(mv: ModelVersion) -> dict[str, Any]:
     document: dict[str, Any] = {
         "name": mv.name,
         "platform": METADATA_PLATFORM[config.platform],
-        "backend": config.framework,
+        "backend": TRITON_BACKEND[config.platform],
         "max_batch_size": config.max_batch_size,
         "input": [_triton_tensor(t) for t in inputs],
         "output": [_triton_tensor(t) for t in outputs],

@@ -50,6 +50,8 @@ EXPLOIT_EPOCHS = 8
 DEPTH_2_MARGIN = 1.03
 #: A loop of fewer rows is never split.
 MIN_SPLIT_ROWS = 4
+#: An epoch also spans at least this many batches, so a slow model's is not decided by a handful.
+EPOCH_BATCHES = 20
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ class DepthChooser:
     _epoch_start: float | None = None
     _last: float = 0.0
     _rows: int = 0
+    _batches: int = 0
     _served: dict[int, float] = field(default_factory=dict)
     _plan: list[int] = field(default_factory=list)
 
@@ -69,13 +72,14 @@ class DepthChooser:
             self.depth, self._epoch_start = 1, None
             return
         if self._epoch_start is None or now - self._last > EPOCH_S:
-            self._epoch_start, self._rows = now, 0  # an epoch with a pause in it measures nothing
+            self._epoch_start, self._rows, self._batches = now, 0, 0  # a pause in it: measures nothing
         else:
             self._rows += rows
+            self._batches += 1
         self._last = now
-        if now - self._epoch_start >= EPOCH_S:
+        if now - self._epoch_start >= EPOCH_S and self._batches >= EPOCH_BATCHES:
             self._served[self.depth] = self._rows / (now - self._epoch_start)
-            self._epoch_start, self._rows = now, 0
+            self._epoch_start, self._rows, self._batches = now, 0, 0
             self.depth = self._next()
 
     def _next(self) -> int:

@@ -181,10 +181,13 @@ class Peer(asyncio.Protocol):
         finally:
             self._pending.pop(call_id, None)
 
-    def notify(self, body: Any) -> None:
-        """Send ``body`` without waiting for anything (dropped if the connection is closed)."""
+    def notify(self, body: Any, flush: bool = False) -> None:
+        """Send ``body`` without waiting for anything (dropped if the connection is closed);
+        ``flush``: write it (and whatever is queued) now, not at the end of this loop turn."""
         if self.connected:
             self._write(Envelope(0, body))
+            if flush:
+                self._flush()
 
     def close(self) -> None:
         if self._transport is not None:

@@ -77,6 +77,9 @@ def test_config_pbtxt_settings_reach_the_server(triton_server: ServerProcess) ->
     assert config["parameters"]["intra_op_threads"] == {"string_value": "1"}
     onnx = httpx.get(f"{triton_server.http_url}/v2/models/simple_onnx/config").json()
     assert onnx["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+    # Triton's own platform and backend names, so tools written for Triton read them.
+    assert (config["platform"], config["backend"]) == ("pytorch_libtorch", "pytorch")
+    assert (onnx["platform"], onnx["backend"]) == ("onnxruntime_onnx", "onnxruntime")
 
 
 @pytest.mark.parametrize(("model", "fragments"), [

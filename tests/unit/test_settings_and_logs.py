@@ -2,13 +2,22 @@
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.logs import log_event
-from gateway.settings import MIB, Settings, SettingsError, add_serve_arguments, settings_from
+from gateway.settings import (
+    MIB,
+    Settings,
+    SettingsError,
+    add_serve_arguments,
+    available_cpus,
+    default_frontends,
+    settings_from,
+)
 
 ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES",
              "METRICS_COMPAT", "MODEL_CONTROL_MODE", "REPOSITORY_POLL_SECS", "LOAD_MODEL"]
@@ -201,3 +210,21 @@ def test_event_below_the_level_is_not_logged(caplog: pytest.LogCaptureFixture) -
 
 def test_value_with_a_newline_stays_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
     assert "\n" not in _logged(caplog, reason="line one\nline two")
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"), [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1),
+                                                 ("400000 100000", 4)])
+def test_available_cpus_respects_a_container_quota(tmp_path: Path, cpu_max: str, limit: int | None) -> None:
+    """A pod limited to 1.5 CPUs on a 64-core node is a 2-CPU machine, not a 64-CPU one."""
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max + "\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(quota) == (affinity if limit is None else min(affinity, limit))
+    assert available_cpus(tmp_path / "missing") == affinity
+
+
+def test_frontends_default_to_one_per_two_cpus_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_frontends() == max(1, min(8, available_cpus() // 2))
+    monkeypatch.setenv("TENSORGATE_FRONTENDS", "3")
+    assert _parse().frontends == 3
+    assert _parse("--frontends", "2").frontends == 2
