@@ -85,13 +85,15 @@ class FrontendPool:
         frontend = ChildProcess("frontend", f"frontend-{index}", "gateway.frontend",
                                 [str(index), self._settings.to_json()], self._exited, self._handle)
         await frontend.start()
+        # Counted at once, so a table published while it starts reaches it too (after this first one).
+        self._frontends[index] = frontend
         try:
             await frontend.call(self._table())
             await frontend.call(self._shared_memory)
         except (ConnectionGone, CallFailed):
+            self._frontends.pop(index, None)
             returncode = await frontend.wait()
             raise FrontendStartFailed(f"frontend-{index} exited with {returncode} before it was serving") from None
-        self._frontends[index] = frontend
 
     async def _handle(self, body: Any) -> Any:
         """A frontend's calls: a client changed its shared-memory registrations there (share them), or asked

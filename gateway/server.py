@@ -229,10 +229,16 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    stopped = asyncio.create_task(stop.wait())
+    loading = asyncio.create_task(supervisor.load())  # the workers load while the frontends start
     try:
         await supervisor.frontends.start()
     except FrontendStartFailed as exc:
         log_event(log, "startup_failed", level=logging.ERROR, reason=str(exc))
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        await supervisor.pool.close()
         await supervisor.frontends.stop(0)
         return 1
     metrics_server = None
@@ -245,8 +251,6 @@ async def serve(settings: Settings) -> int:
     log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,
               metrics_port=settings.metrics_port, frontends=settings.frontends)
 
-    stopped = asyncio.create_task(stop.wait())
-    loading = asyncio.create_task(supervisor.load())
     await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         loading.result()

@@ -6,6 +6,7 @@ input order). Responses are built the same way. JSON is parsed and written with 
 numeric ``data`` lists become arrays in one numpy call, binary parts are viewed in place.
 """
 
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -170,7 +171,7 @@ def _array_from_json(data: object, datatype: str, shape: tuple[int, ...], name: 
         parsed = np.asarray(data, dtype=object if dtype.kind == "O" else None)
     except ValueError as exc:
         raise InvalidRequest(f"input '{name}': data is not a regular array: {exc}") from None
-    if parsed.size != int(np.prod(shape)):
+    if parsed.size != prod(shape):
         raise InvalidRequest(
             f"input '{name}': {parsed.size} data elements do not match shape {list(shape)}"
         )

@@ -6,6 +6,7 @@ Responses always carry their tensors in ``raw_output_contents``, as Triton's do,
 every Triton client reads.
 """
 
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -156,7 +157,7 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[i
         raise Unsupported(f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents")
     contents = tensor.contents
     values = getattr(contents, field)
-    count = int(np.prod(shape))
+    count = prod(shape)
     if len(values) != count:
         others = [f for f in _ALL_FIELDS if f != field and len(getattr(contents, f))]
         if others and not len(values):
