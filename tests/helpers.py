@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS_DIR = ROOT / "scripts"
 
 
 def load_script(name: str) -> types.ModuleType:
@@ -32,3 +36,15 @@ def load_script(name: str) -> types.ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+def run_client_script(script: Path, *args: str, timeout: float = 180) -> Any:
+    """Run a client check script in a process of its own and return the JSON of its last line.
+
+    ``tritonclient.grpc`` registers ``inference.*`` in protobuf's default pool, as our generated
+    modules do, so a test that uses it must not import it into the test process.
+    """
+    run = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,8 +28,9 @@ from tritonclient.utils import InferenceServerException
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests import model_factory
+from tests.helpers import run_client_script
 from tests.integration.test_faults import SLOW_ITERATIONS, _slow_body
-from tests.server import ROOT, ServerProcess
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -280,10 +279,7 @@ def test_the_repository_api_over_grpc(explicit: ServerProcess) -> None:
 def test_tritonclient_grpc_repository_calls(explicit: ServerProcess) -> None:
     """tritonclient.grpc registers protobuf types that clash with ours: it runs in a process of its own."""
     script = Path(__file__).with_name("tritonclient_repository_checks.py")
-    run = subprocess.run([sys.executable, str(script), explicit.grpc_address, "tritonclient_grpc"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=180, check=False)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_client_script(script, explicit.grpc_address, "tritonclient_grpc")
     assert result == {"ok": True}, result
 
 

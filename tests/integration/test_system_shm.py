@@ -8,10 +8,7 @@ unregisters its regions and destroys its segments, and checks /dev/shm holds non
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +22,8 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor, 
 
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from tests.server import ROOT, ServerProcess
+from tests.helpers import run_client_script
+from tests.server import ServerProcess
 
 Region = tuple[str, str, shm.SharedMemoryRegion]
 MakeRegion = Callable[[int], Region]
@@ -232,10 +230,7 @@ def test_openapi_documents_the_routes(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def grpc_outcome(server: ServerProcess) -> dict[str, str]:
-    run = subprocess.run([sys.executable, str(SCRIPT), server.grpc_address], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=False)
-    assert run.returncode == 0, run.stderr
-    result: dict[str, str] = json.loads(run.stdout.strip().splitlines()[-1])
+    result: dict[str, str] = run_client_script(SCRIPT, server.grpc_address, timeout=120)
     assert sorted(result) == sorted(GRPC_CHECKS), "the script's checks and this list must match"
     return result
 

@@ -5,14 +5,12 @@ must pass.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.server import ROOT, ServerProcess
+from tests.helpers import run_client_script
+from tests.server import ServerProcess
 
 SCRIPT = Path(__file__).with_name("tritonclient_grpc_checks.py")
 CHECK_NAMES = [
@@ -24,10 +22,7 @@ CHECK_NAMES = [
 
 @pytest.fixture(scope="module")
 def outcome(server: ServerProcess) -> dict[str, str]:
-    run = subprocess.run([sys.executable, str(SCRIPT), server.grpc_address], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=False)
-    assert run.returncode == 0, run.stderr
-    result: dict[str, str] = json.loads(run.stdout.strip().splitlines()[-1])
+    result: dict[str, str] = run_client_script(SCRIPT, server.grpc_address, timeout=120)
     assert sorted(result) == sorted(CHECK_NAMES), "the script's checks and this list must match"
     return result
 
