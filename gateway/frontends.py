@@ -29,6 +29,9 @@ from gateway.workers.process import ChildProcess
 
 log = logging.getLogger("tensorgate.frontends")
 
+#: The longest the supervisor waits for a frontend to answer a control call.
+CONTROL_TIMEOUT_S = 10.0
+
 
 class FrontendStartFailed(Exception):
     """A frontend exited before it was serving (e.g. its port could not be bound); see its log."""
@@ -45,6 +48,9 @@ class FrontendPool:
         self._table = table
         self._repository = repository
         self._frontends: dict[int, ChildProcess] = {}
+        self._publishing = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._shared_memory = SharedMemoryRegions([])
         self._closing = False
         self.replacements = 0
@@ -60,8 +66,24 @@ class FrontendPool:
     async def publish(self) -> int:
         """Send the current ModelTable to every frontend and wait until each has it; its generation."""
         table = self._table()
-        await self._each(table)
+        self._publishing += 1
+        self._settled.clear()
+        try:
+            await self._each(table)
+        finally:
+            self._publishing -= 1
+            if not self._publishing:
+                self._settled.set()
         return table.generation
+
+    async def settled(self) -> None:
+        """Return once no table is on its way: every frontend then holds the same one.
+
+        A frontend applies a new table a moment before or after the others; whoever reports a
+        change (the repository index) waits for this first, so that once a client sees a new
+        version, every frontend routes to it.
+        """
+        await self._settled.wait()
 
     async def drain(self) -> tuple[int, int]:
         """Turn every frontend not-ready; (inferences, HTTP requests) in progress at that moment."""
@@ -108,8 +130,11 @@ class FrontendPool:
         return None
 
     async def _each(self, body: Any) -> list[Any]:
+        """Call every live frontend; a failed or hung one gives its exception (a hung one after
+        ``CONTROL_TIMEOUT_S``), so one stuck process never stalls a scrape, a publish or the drain."""
         live = [f for f in self._frontends.values() if f.alive]
-        return await asyncio.gather(*(f.call(body) for f in live), return_exceptions=True)
+        return await asyncio.gather(*(asyncio.wait_for(f.call(body), CONTROL_TIMEOUT_S) for f in live),
+                                    return_exceptions=True)
 
     def _exited(self, frontend: ChildProcess) -> None:
         if self._closing:

@@ -122,6 +122,8 @@ class Supervisor:
                 await self.lifecycle.unload(body.name)
             elif await self.lifecycle.refresh_folders():
                 await self._publish_now()
+            else:
+                await self.frontends.settled()  # an index never shows a switch some frontend has not made
         except TensorGateError as exc:
             return RepositoryReply(type(exc).__name__, exc.message)
         return RepositoryReply()

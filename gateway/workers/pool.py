@@ -22,6 +22,8 @@ log = logging.getLogger("tensorgate.workers")
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: A worker that stayed up this long is healthy again: its next death restarts it at once.
 STABLE_AFTER_S = 60.0
+#: A scrape gives up on a worker that does not answer its snapshot within this long.
+SNAPSHOT_TIMEOUT_S = 10.0
 
 
 class WorkerPool:
@@ -71,7 +73,8 @@ class WorkerPool:
     async def snapshot(self) -> dict[str, ModelGauges]:
         """Every hosted model version's statistics and queue gauges, from every live worker."""
         live = [w for w in self._workers.values() if w.alive]
-        replies = await asyncio.gather(*(w.call(WorkerSnapshot()) for w in live), return_exceptions=True)
+        replies = await asyncio.gather(*(asyncio.wait_for(w.call(WorkerSnapshot()), SNAPSHOT_TIMEOUT_S)
+                                         for w in live), return_exceptions=True)
         merged: dict[str, ModelGauges] = {}
         for reply in replies:
             if isinstance(reply, dict):
