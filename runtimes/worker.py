@@ -330,6 +330,9 @@ class FrontendConnection:
         for model, pending in list(self._pending.values()):
             model.scheduler.cancel(pending)
         self._pending.clear()
+        # Its memory goes with our fds; a batch still running on its inputs keeps their mapping alive.
+        self._inputs.close()
+        self._outputs.close()
 
 
 class DataListener:

@@ -35,6 +35,7 @@ class Arena:
         self.fd = fd
         self._map = mmap.mmap(fd, size)
         self._view = memoryview(self._map)
+        self.closed = False
         self._free: list[tuple[int, int]] = [(0, size)]  # (offset, size), sorted by offset
         self._blocks: dict[int, int] = {}
 
@@ -87,6 +88,9 @@ class Arena:
 
     def close(self) -> None:
         """Unmap and close the fd (views still alive keep the mapping until they are gone)."""
+        if self.closed:
+            return
+        self.closed = True
         with contextlib.suppress(BufferError):  # views still alive: the GC unmaps with the last one
             self._view.release()
             self._map.close()

@@ -115,7 +115,7 @@ class WorkerLink:
             if self.connected:
                 self._peer.notify(Cancel(request_id))
             raise
-        return self._answer(outcome)
+        return self._answer(outcome, model)
 
     def fence(self, generation: int) -> None:
         """Tell the worker this frontend serves from table ``generation`` on: whatever it sent for a key that
@@ -139,11 +139,13 @@ class WorkerLink:
         if self._peer is not None:
             self._peer.close()
 
-    def _answer(self, outcome: Outcome) -> Answer:
+    def _answer(self, outcome: Outcome, model: str) -> Answer:
         if outcome.outputs is None:
             raise _error(outcome)
         assert self._outputs is not None
         arena = self._outputs
+        if arena.closed:  # answered, then the worker died before this request was resumed
+            raise self._gone(model, running=True)
         arrays: dict[str, np.ndarray] = {}
         blocks: list[int] = []
         for name, tensor in outcome.outputs.items():
@@ -187,6 +189,11 @@ class WorkerLink:
         for call in calls.values():
             if not call.future.done():
                 call.future.set_exception(self._gone(call.model, running=True))
+        # The worker is gone: its memory goes with this end's fds (views still being encoded keep
+        # their mapping until they are dropped).
+        for arena in (self._inputs, self._outputs):
+            if arena is not None:
+                arena.close()
 
     def _gone(self, model: str, running: bool = False) -> Unavailable:
         what = "exited while running this request" if running else "is not running"

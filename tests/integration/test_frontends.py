@@ -32,6 +32,19 @@ def _frontend_pids(server: ServerProcess) -> list[int]:
     return sorted(p for p in children(server.process.pid) if "gateway.frontend" in cmdline(p))
 
 
+def _arena_fds(pid: int) -> int:
+    """The memfd arenas a process holds open (two per data connection; an arena's mmap holds a
+    second fd of the same memfd, so they are counted by inode)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if "tensorgate-arena" in os.readlink(fd):
+                inodes.add(fd.stat().st_ino)
+        except OSError:  # closed while we looked
+            continue
+    return len(inodes)
+
+
 def _shm_entries() -> set[str]:
     return {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
 
@@ -140,6 +153,9 @@ def test_a_killed_frontend_is_replaced_and_the_others_serve_on(frontends_server:
     for _ in range(20):
         with httpx.Client() as session:
             assert _infer(session, url, 3.0).tolist() == [6.0] * 4
+    # The worker let go of the dead frontend's arenas: two per live frontend that has sent it work.
+    [worker] = worker_pids
+    assert _arena_fds(worker) <= 2 * FRONTENDS
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     assert _shm_entries() <= shm_before  # the arenas are memfds: nothing named, nothing to leak
 
@@ -155,8 +171,15 @@ def test_nothing_is_left_in_dev_shm_after_the_server_exits(tmp_path: Path, shm_b
                 reply = session.post(f"{server.http_url}/v2/models/flat_identity/infer", json={
                     "inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]})
                 assert reply.status_code == 200
+        [frontend] = _frontend_pids(server)[:1]
+        before = _arena_fds(frontend)
         os.kill(server.worker_pids()[0], signal.SIGKILL)  # a worker dies holding arenas
         server.wait_until_ready("flat_identity")
+        for _ in range(10):
+            with httpx.Client() as session:
+                session.post(f"{server.http_url}/v2/models/flat_identity/infer", json={
+                    "inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]})
+        assert _arena_fds(frontend) <= before  # the dead worker's arenas were closed, the new ones replace them
     finally:
         assert server.stop() == 0, server.log()
     assert _shm_entries() <= shm_before
