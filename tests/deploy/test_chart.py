@@ -229,6 +229,12 @@ def test_drain_timeout_flows_to_the_server_and_the_grace_period() -> None:
     assert one(explicit, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
 
 
+def test_frontends_flow_to_the_server() -> None:
+    """One by default (the pod requests one CPU, and without a CPU limit it would see the whole node)."""
+    assert "--frontends=1" in server_container(manifests(render({})))["args"]
+    assert "--frontends=4" in server_container(manifests(render({"server": {"frontends": 4}})))["args"]
+
+
 def test_defaults_are_locked_down() -> None:
     objects = render_set("defaults")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -401,6 +407,7 @@ def test_notes_tell_how_to_reach_the_server() -> None:
 @pytest.mark.parametrize(("values", "message"), [
     ({"server": {"drainTimeoutSeconds": "30"}}, "at '/server/drainTimeoutSeconds': got string, want integer"),
     ({"server": {"drainTimout": 30}}, "at '/server': additional properties 'drainTimout' not allowed"),
+    ({"server": {"frontends": 0}}, "at '/server/frontends'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),
