@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from gateway import __version__
@@ -209,12 +209,7 @@ class DataPlane:
     async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
         """Triton's repository load: (re)load ``name``, optionally with ``parameters['config']`` (JSON).
         Returns when the model serves in every frontend."""
-        try:
-            await self._load_model(name, parameters)
-        except TensorGateError as exc:
-            log_event(log, "model_load_refused", level=logging.WARNING, model=name, status=exc.http_status,
-                      reason=exc.message)
-            raise
+        await _logged_refusal("model_load_refused", name, self._load_model(name, parameters))
 
     async def _load_model(self, name: str, parameters: dict[str, Any]) -> None:
         _check_name(name)
@@ -234,12 +229,7 @@ class DataPlane:
 
     async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
         """Triton's repository unload: new requests get 503 at once, those in flight finish."""
-        try:
-            await self._unload_model(name, parameters)
-        except TensorGateError as exc:
-            log_event(log, "model_unload_refused", level=logging.WARNING, model=name, status=exc.http_status,
-                      reason=exc.message)
-            raise
+        await _logged_refusal("model_unload_refused", name, self._unload_model(name, parameters))
 
     async def _unload_model(self, name: str, parameters: dict[str, Any]) -> None:
         _check_name(name)
@@ -327,6 +317,15 @@ class DataPlane:
         model = self.model(name, version)
         _check_ready(model)
         return model
+
+
+async def _logged_refusal(event: str, model: str, call: Coroutine[Any, Any, None]) -> None:
+    """Run a repository call; a refusal is logged (one line, with its status) and raised."""
+    try:
+        await call
+    except TensorGateError as exc:
+        log_event(log, event, level=logging.WARNING, model=model, status=exc.http_status, reason=exc.message)
+        raise
 
 
 def _check_ready(model: ServedModel) -> None:

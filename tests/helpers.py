@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import types
@@ -45,6 +46,6 @@ def run_client_script(script: Path, *args: str, timeout: float = 180) -> Any:
     modules do, so a test that uses it must not import it into the test process.
     """
     run = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+                         timeout=timeout, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])

@@ -67,10 +67,6 @@ class ChildProcess:
         assert self.peer is not None
         return await self.peer.call(body)
 
-    def notify(self, body: Any) -> None:
-        if self.peer is not None:
-            self.peer.notify(body)
-
     async def stop(self, timeout: float = 10.0) -> None:
         """Close the connection (the child exits on end of stream) and reap the process."""
         self._closing = True

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
+from tritonclient.utils import serialize_byte_tensor, serialized_byte_size
+
+from tests.integration.tritonclient_grpc_checks import expect_error  # run_client_script puts the checkout first
 
 Region = tuple[str, str, shm.SharedMemoryRegion]
 CHECKS: dict[str, Callable[[grpcclient.InferenceServerClient], None]] = {}
@@ -45,16 +47,6 @@ def regions(client: grpcclient.InferenceServerClient, *sizes: int) -> Iterator[l
             client.unregister_system_shared_memory(name)
             shm.destroy_shared_memory_region(handle)
             assert not os.path.exists(f"/dev/shm{key}"), key
-
-
-def expect_error(fn: Callable[[], object], status: str, text: str) -> None:
-    try:
-        fn()
-    except InferenceServerException as exc:
-        assert exc.status() == status, (exc.status(), exc.message())
-        assert text in (exc.message() or ""), exc.message()
-        return
-    raise AssertionError(f"expected {status}")
 
 
 def versioned_input(name: str, byte_size: int = 16, offset: int = 0) -> grpcclient.InferInput:
