@@ -7,6 +7,7 @@ from importlib.metadata import version
 
 import uvloop
 
+from gateway.access import AccessError, load_policy
 from gateway.logs import configure
 from gateway.settings import SettingsError, add_serve_arguments, settings_from
 
@@ -35,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             settings = settings_from(args)
-        except SettingsError as exc:
+            policy = load_policy(settings)
+        except (SettingsError, AccessError) as exc:
             serve_parser.error(str(exc))
         configure(settings.log_level)
         if not settings.model_repo.is_dir():
             serve_parser.error(f"--model-repo {settings.model_repo}: no such directory")
-        return uvloop.run(serve(settings))
+        return uvloop.run(serve(settings, policy))
     elif args.command == "bench":
         if getattr(args, "bench_missing", False):
             parser.error("bench: the benchmarks package is not installed (pip install -e '.[bench]')")

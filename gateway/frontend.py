@@ -21,6 +21,7 @@ from typing import Any
 
 import uvloop
 
+from gateway.access import load_policy
 from gateway.contract import (
     Drain,
     FrontendSnapshot,
@@ -34,12 +35,14 @@ from gateway.contract import (
     UnloadRequest,
 )
 from gateway.dataplane import DataPlane, WorkerLinks
+from gateway.grpc.access import AccessInterceptor
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import configure
 from gateway.metrics import RequestMetrics
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
+from gateway.rest.guard import RestGuard, cors_from
 from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
@@ -59,10 +62,12 @@ class Frontend:
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
         self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        policy = load_policy(settings)  # the keys, read here too: they never travel on a command line
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
-                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
+                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30,
+                               guard=RestGuard(policy, cors_from(settings)))
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
-                                       self.shm)
+                                       self.shm, [AccessInterceptor(policy)])
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 

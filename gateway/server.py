@@ -32,11 +32,12 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
 
+from gateway.access import AccessPolicy
 from gateway.contract import IndexRequest, LoadRequest, ModelTable, RepositoryReply, ServedModel, UnloadRequest
 from gateway.frontends import FrontendPool, FrontendStartFailed
 from gateway.lifecycle import ModelLifecycle
@@ -46,6 +47,7 @@ from gateway.protocol.errors import TensorGateError
 from gateway.repository.config import METADATA_PLATFORM
 from gateway.repository.repository import Model, ModelVersion, Repository, State
 from gateway.repository.triton_config import triton_config
+from gateway.rest.guard import guarded_asgi
 from gateway.settings import Settings
 from gateway.workers.pool import WorkerPool
 
@@ -153,7 +155,7 @@ class Supervisor:
         return ServerView(self.repository.all_versions(), frontends, models, processes,
                           {f: self.pool.alive(f) for f in self.pool.pids()}, dict(self.pool.restarts))
 
-    async def metrics_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def metrics_app(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         """The metrics port: every path answers the Prometheus text exposition."""
         if scope["type"] != "http":
             return
@@ -205,8 +207,11 @@ def check_port_free(host: str, port: int, what: str) -> None:
             raise
 
 
-async def serve(settings: Settings) -> int:
-    """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop."""
+async def serve(settings: Settings, policy: AccessPolicy) -> int:
+    """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop.
+
+    ``policy`` guards the metrics port (the frontends read the same from ``settings`` themselves).
+    """
     started = time.perf_counter()
     try:
         check_port_free(settings.host, settings.http_port, "the REST")
@@ -246,8 +251,9 @@ async def serve(settings: Settings) -> int:
     metrics_server = None
     metrics_task = None
     if settings.metrics_port:
+        metrics_app = guarded_asgi(policy, "metrics", supervisor.metrics_app)
         metrics_server = _UvicornServer(uvicorn.Config(
-            supervisor.metrics_app, host=settings.host, port=settings.metrics_port, loop="none", lifespan="off",
+            metrics_app, host=settings.host, port=settings.metrics_port, loop="none", lifespan="off",
             interface="asgi3", log_level="warning", access_log=False))
         metrics_task = asyncio.create_task(metrics_server.serve())
     log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,

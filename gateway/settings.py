@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.access import GROUPS, REFUSED_BY_DEFAULT, check_rules, parse_rule
+
 MIB = 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
 #: --metrics-compat choices: which other server's metric names to export as well as ours.
@@ -56,6 +58,32 @@ def _names(value: object) -> object:
     return value
 
 
+def _rules(value: object) -> object:
+    """``--protect`` rules: repeated flags, or one variable with the rules separated by ``;``."""
+    if isinstance(value, str):
+        return tuple(rule.strip() for rule in value.split(";") if rule.strip())
+    return value
+
+
+def _protect_rules(value: tuple[str, ...]) -> tuple[str, ...]:
+    for rule in value:
+        parse_rule(rule)
+    return value
+
+
+def _openable(value: tuple[str, ...]) -> tuple[str, ...]:
+    for group in value:
+        if group not in REFUSED_BY_DEFAULT:
+            raise ValueError(f"{group!r} cannot be opened: only {', '.join(REFUSED_BY_DEFAULT)} are refused by "
+                             "default (every other group is open unless protected)")
+    return value
+
+
+def _lower_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name in value)
+
+
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names), AfterValidator(_lower_names)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Choice = BeforeValidator(_lowercase)
@@ -103,6 +131,31 @@ class Settings(BaseSettings):
         description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
                     "variable takes a comma-separated list)")
 
+    protect: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_rules), AfterValidator(_protect_rules)] = Field(
+        (), description="GROUP[,GROUP]:HEADER[:KEYS_FILE]: the groups need one of the accepted keys in HEADER, from "
+                        "KEYS_FILE or else --api-keys-file / TENSORGATE_API_KEYS (repeat for more rules; the "
+                        "variable separates rules with ';'); groups: " + ", ".join(GROUPS))
+    api_keys_file: Path | None = Field(
+        None, description="the keys of --protect rules without their own file: one key per line (several, to "
+                          "rotate); or TENSORGATE_API_KEYS, comma-separated")
+    open_groups: Annotated[Names, AfterValidator(_openable)] = Field(
+        (), description="open model-repository and/or shared-memory to every caller without a key (refused by "
+                        "default unless --protect gives them a key)")
+    cors_origins: Names = Field(
+        (), description="CORS: browser origins allowed to call the REST port, comma-separated ('*': any); "
+                        "default none: CORS off")
+    cors_methods: Names = Field(
+        ("get", "post"), description="CORS: the methods allowed, comma-separated")
+    cors_headers: Names = Field(
+        ("content-type", "content-encoding", "inference-header-content-length"),
+        description="CORS: the request headers allowed, comma-separated ('*': any); the --protect headers are "
+                    "allowed as well")
+
+    @model_validator(mode="after")
+    def _access_rules_agree(self) -> "Settings":
+        check_rules(self.protect, self.open_groups)
+        return self
+
     @model_validator(mode="after")
     def _load_models_fit_the_mode(self) -> "Settings":
         if self.load_models and self.model_control_mode != "explicit":
@@ -128,8 +181,10 @@ class SettingsError(ValueError):
 
 #: Flags spelled otherwise than their field, and how argparse gathers them.
 _FLAG_NAMES = {"load_models": "--load-model"}
-_REPEATED = {"load_models"}
-_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}"}
+_REPEATED = {"load_models", "protect"}
+_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+             "protect": "GROUPS:HEADER[:FILE]", "api_keys_file": "PATH", "open_groups": "GROUP[,GROUP]",
+             "cors_origins": "ORIGIN[,ORIGIN]", "cors_methods": "METHOD[,METHOD]", "cors_headers": "HEADER[,HEADER]"}
 
 
 def flag_name(field: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import model_factory
-from tests.server import ServerProcess
+from tests.server import LOGS, SECRETS, ServerProcess
 
 #: The shared server's body/message limit, small enough that a test can exceed it cheaply.
 SHARED_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -40,3 +40,13 @@ def server(shared_repo: Path) -> Iterator[ServerProcess]:
     log = process.log()
     assert code == 0, f"server exited with {code}:\n{log}"
     assert "Traceback" not in log, log
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """After the session: no configured key in any line any test server (any of its processes) logged."""
+    yield
+    leaks = [f"{path}:{number}" for path in LOGS if path.exists()
+             for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if any(secret in line for secret in SECRETS)]
+    assert not leaks, f"a configured key was logged at {leaks}"

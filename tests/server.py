@@ -15,6 +15,14 @@ import httpx
 from benchmarks.server import free_port, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every server log the tests wrote, for the check that no key ever reaches a log (tests/conftest.py).
+LOGS: list[Path] = []
+#: Secrets the tests configured (API keys); none may appear in any of LOGS.
+SECRETS: set[str] = set()
+#: The suites that predate API keys call the repository and shared-memory APIs without one: their
+#: servers open those groups explicitly. tests/integration/test_access.py runs servers with keys and
+#: with the defaults (``env={"TENSORGATE_OPEN_GROUPS": ""}``).
+OPEN_GROUPS = "model-repository,shared-memory"
 
 
 @dataclass
@@ -27,6 +35,8 @@ class ServerProcess:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    #: Variables set for the server, over the test process's own.
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,6 +54,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until it has finished loading its models."""
         self.log_path = self.repo.parent / f"server-{self.http_port}.log"
+        LOGS.append(self.log_path)
         command = [sys.executable, "-m", "gateway.cli", "serve", "--model-repo", str(self.repo),
                    "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                    "--metrics-port", str(self.metrics_port), *self.extra_args]
@@ -52,7 +63,8 @@ class ServerProcess:
                                             env={**os.environ, "PYTHONUNBUFFERED": "1",
                                                  # Several frontends, so every integration test runs the
                                                  # multi-process path (the 2-core default would be one).
-                                                 "TENSORGATE_FRONTENDS": os.environ.get("TENSORGATE_FRONTENDS", "2")})
+                                                 "TENSORGATE_FRONTENDS": os.environ.get("TENSORGATE_FRONTENDS", "2"),
+                                                 "TENSORGATE_OPEN_GROUPS": OPEN_GROUPS, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -4,7 +4,7 @@ Each method translates protobuf to the common schema, calls the DataPlane, and m
 TensorGateError to its status code; nothing here knows a framework.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -178,13 +178,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
-                       shm: SystemSharedMemory) -> grpc.aio.Server:
+def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
+                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
     """A grpc.aio server with both services bound to ``address`` (not started).
 
-    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).
+    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
+    ``interceptors`` see every call first (``gateway.grpc.access``).
     """
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         # Every frontend process binds the same port; the kernel spreads connections over them.

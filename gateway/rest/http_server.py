@@ -42,7 +42,7 @@ from gateway.logs import log_event
 from gateway.protocol.errors import TensorGateError
 from gateway.rest.body import decode_content
 
-__all__ = ["ASGIApp", "HttpServer", "InferHandler", "Reply"]
+__all__ = ["ASGIApp", "HttpServer", "InferHandler", "Reply", "RequestGuard"]
 
 log = logging.getLogger("tensorgate.http")
 
@@ -72,6 +72,19 @@ class InferHandler(Protocol):
 
     async def __call__(self, model: str, version: str | None, body: bytes,
                        header_length: str | None) -> Reply: ...
+
+
+class RequestGuard(Protocol):
+    """Asked once per request head, for both paths (``gateway.rest.guard``: API keys and CORS)."""
+
+    #: False when the fast infer path has nothing to check: it skips ``admit``.
+    checks_infer: bool
+
+    def admit(self, method: bytes, path: str | None, headers: list[tuple[bytes, bytes]],
+              client: Callable[[], str | None]) -> tuple[Reply | None, bytes]:
+        """(an answer instead of serving it, or None; header lines for its answer). ``path``: the decoded
+        path the ASGI app routes on, or None on the infer path."""
+        ...
 
 
 #: URL plus headers of one request; more gets 431.
@@ -113,6 +126,18 @@ def _decode_segment(segment: bytes) -> str:
     return unquote(text) if "%" in text else text
 
 
+def _target(url: bytes) -> tuple[bytes, bytes]:
+    """(raw path, query) of a request target, origin-form or absolute-form (``"*"``: ``/``)."""
+    if url.startswith(b"/"):
+        raw_path, _, query = url.partition(b"?")
+        return raw_path, query
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        parsed = None
+    return (parsed.path if parsed is not None else None) or b"/", (parsed.query if parsed is not None else None) or b""
+
+
 def _infer_route(path: bytes) -> tuple[str, str | None] | None:
     """(model, version) when ``path`` is an infer path, else None; no regex."""
     if not (path.startswith(b"/v2/models/") and path.endswith(b"/infer")):
@@ -134,7 +159,7 @@ class _Reject(Exception):
 
 
 class _Request:
-    __slots__ = ("body", "content_encoding", "content_length", "error", "expect",
+    __slots__ = ("body", "content_encoding", "content_length", "error", "expect", "extra",
                  "header_length", "headers", "http_version", "keep_alive", "kind", "method", "model",
                  "released", "url", "version")
 
@@ -153,6 +178,8 @@ class _Request:
         self.header_length: bytes | None = None
         self.expect: bytes | None = None
         self.error: Reply | None = None
+        #: Header lines every answer to it carries (CORS, a key challenge).
+        self.extra = b""
         self.released = False
 
 
@@ -160,8 +187,9 @@ class HttpServer:
     """HTTP/1.1 on asyncio: ``infer`` for the two infer paths, ``asgi_app`` for everything else."""
 
     def __init__(self, asgi_app: ASGIApp, infer: InferHandler, max_request_bytes: int, *,
-                 keep_alive_s: float = 30) -> None:
+                 keep_alive_s: float = 30, guard: RequestGuard | None = None) -> None:
         self.app = asgi_app
+        self.guard = guard
         self.infer = infer
         self.max_request_bytes = max_request_bytes
         self.keep_alive_s = keep_alive_s
@@ -410,6 +438,13 @@ class _Connection(asyncio.Protocol):
                 request.error = _error_reply(
                     405, f"method {request.method.decode('latin-1')} is not allowed on {path.decode('latin-1')}; "
                          "use POST")
+        guard = self.server.guard
+        if guard is not None and (route is None or guard.checks_infer):
+            routed = None if route is not None else unquote(_target(url)[0].decode("latin-1"))
+            answer, request.extra = guard.admit(request.method, routed, request.headers, self._client_host)
+            if answer is not None:
+                request.kind = _ERROR
+                request.error = answer
         limit = self.server.max_request_bytes
         declared = request.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -425,7 +460,9 @@ class _Connection(asyncio.Protocol):
         self.size += len(body)
         if self.size > self.server.max_request_bytes:
             raise _Reject(_error_reply(413, f"request body exceeds the limit of {self.server.max_request_bytes} bytes"))
-        self._chunks.append(body)
+        request = self.current
+        if request is not None and request.kind != _ERROR:  # an answer decided already needs no body
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         request = self.current
@@ -513,13 +550,18 @@ class _Connection(asyncio.Protocol):
         size = body.nbytes if isinstance(body, memoryview) else len(body)
         if reply.header_length is not None:
             extra += b"inference-header-content-length: %d\r\n" % reply.header_length
+        if request.extra:
+            extra += request.extra
         if self._closes_after(request):
             request.keep_alive = False
             extra += _CLOSE
         elif request.http_version == "1.0":
             extra += _KEEP_ALIVE
-        head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n" % (
-            _status_line(reply.status), reply.content_type, size, extra, self.server.date_header, _SERVER)
+        if reply.status in _NO_BODY_STATUS:
+            head = b"%s%s%s%s\r\n" % (_status_line(reply.status), extra, self.server.date_header, _SERVER)
+        else:
+            head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n" % (
+                _status_line(reply.status), reply.content_type, size, extra, self.server.date_header, _SERVER)
         transport = self._transport()
         if transport.is_closing():
             return
@@ -610,6 +652,10 @@ class _Connection(asyncio.Protocol):
         else:
             transport.close()
 
+    def _client_host(self) -> str | None:
+        client = self.client_server()[0]
+        return client[0] if client is not None else None
+
     def client_server(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
         if self._local is None and self.transport is not None:
             peer = self.transport.get_extra_info("peername")
@@ -640,16 +686,7 @@ class _Cycle:
 
     def scope(self) -> Scope:
         request = self.request
-        url = request.url
-        if url.startswith(b"/"):
-            raw_path, _, query = url.partition(b"?")
-        else:  # absolute-form or "*"
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                parsed = None
-            raw_path = (parsed.path if parsed is not None else None) or b"/"
-            query = (parsed.query if parsed is not None else None) or b""
+        raw_path, query = _target(request.url)
         client, server = self.conn.client_server()
         return {
             "type": "http",
@@ -756,6 +793,8 @@ class _Cycle:
             lines.append(self.conn.server.date_header)
         if not has_server:
             lines.append(_SERVER)
+        if request.extra:
+            lines.append(request.extra)
         lines.append(b"\r\n")
         return b"".join(lines)
 
