@@ -5,6 +5,7 @@ Operator objects against typed models of their CRDs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 from dockerfile_parse import DockerfileParser
 
+from gateway.settings import Settings, add_serve_arguments, settings_from
 from tests.deploy.chart_helpers import (
     CHART,
     DASHBOARD,
@@ -401,6 +403,68 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     assert f"{FULLNAME}-models" in defaults_notes and "kubectl -n serving cp" in defaults_notes
 
 
+# --- API keys, CORS and the NetworkPolicy -------------------------------------------------------------------
+
+
+def _serve_settings(args: list[str]) -> Settings:
+    """The container's arguments as `tensorgate serve` reads them (no TENSORGATE_* variable of this process)."""
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return Settings.from_json(settings_from(parser.parse_args(args)).to_json())
+
+
+def test_api_keys_come_from_the_secret_as_files_and_never_into_the_pod_spec() -> None:
+    objects = render_set("api-keys")
+    container = server_container(objects)
+    args = container["args"]
+    assert "--protect=model-repository,shared-memory:x-admin-key:/etc/tensorgate/api-keys/admin" in args
+    assert "--protect=inference,statistics:x-api-key:/etc/tensorgate/api-keys/clients" in args
+    assert "--cors-origins=https://app.example.com" in args
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert mount == {"name": "api-keys", "mountPath": "/etc/tensorgate/api-keys", "readOnly": True}
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "api-keys")["secret"] == {
+        "secretName": "tensorgate-api-keys", "defaultMode": 0o440}
+    assert not by_kind(objects, "Secret")  # the chart never holds a key
+    assert not any("API_KEYS" in str(e.get("name")) for e in container.get("env", []))
+    settings = _serve_settings(args)
+    assert settings.cors_origins == ("https://app.example.com",) and len(settings.protect) == 2
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):  # health stays open: no key needed
+        assert container[probe]["httpGet"]["path"].startswith("/v2/health/")
+
+
+def test_no_access_settings_no_flags_no_secret_volume() -> None:
+    container = server_container(render_set("defaults"))
+    assert not [a for a in container["args"] if a.startswith(("--protect", "--open-groups", "--cors-"))]
+    assert "api-keys" not in {m["name"] for m in container["volumeMounts"]}
+    assert not by_kind(render_set("defaults"), "NetworkPolicy")
+
+
+def test_open_groups_and_cors_settings_flow_to_the_server() -> None:
+    args = server_container(manifests(render({"access": {"openGroups": ["model-repository"]}, "cors": {
+        "origins": ["*"], "methods": ["GET", "POST", "PUT"], "headers": ["content-type", "x-trace"]}})))["args"]
+    settings = _serve_settings(args)
+    assert settings.open_groups == ("model-repository",) and settings.cors_origins == ("*",)
+    assert settings.cors_methods == ("get", "post", "put") and settings.cors_headers == ("content-type", "x-trace")
+
+
+def test_network_policy_admits_clients_to_rest_and_grpc_and_monitoring_to_metrics() -> None:
+    policy = one(render_set("api-keys"), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == one(render_set("api-keys"), "Deployment")["spec"]["selector"][
+        "matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    serving, metrics = spec["ingress"]
+    assert [p["port"] for p in serving["ports"]] == [8000, 8001]
+    assert serving["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "apps"}
+    assert [p["port"] for p in metrics["ports"]] == [8002]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    anyone = one(manifests(render({"networkPolicy": {"enabled": True, "from": [], "metricsFrom": []}})),
+                 "NetworkPolicy")
+    assert anyone["spec"]["ingress"] == [{"ports": [{"port": 8000, "protocol": "TCP"},
+                                                    {"port": 8001, "protocol": "TCP"}]}]
+
+
 # --- values the chart refuses --------------------------------------------------------------------------------
 
 
@@ -419,6 +483,12 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "at '/podDisruptionBudget/minAvailable'"),
     ({"ingress": {"hosts": [{"host": "a", "paths": [{"path": "/", "pathtype": "Prefix"}]}]}},
      "additional properties 'pathtype' not allowed"),
+    ({"access": {"rules": [{"groups": ["inferense"], "header": "x-api-key", "secretKey": "k"}]}},
+     "at '/access/rules/0/groups/0'"),
+    ({"access": {"rules": [{"groups": ["inference"], "header": "x-api-key"}]}}, "missing property 'secretKey'"),
+    ({"access": {"openGroups": ["inference"]}}, "at '/access/openGroups/0'"),
+    ({"cors": {"origins": "https://a.example"}}, "at '/cors/origins': got string, want array"),
+    ({"networkPolicy": {"from": [{"namespace": "apps"}]}}, "additional properties 'namespace' not allowed"),
 ])
 def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str, Any], message: str) -> None:
     with helm.Chart.load(CHART) as chart:
@@ -440,6 +510,12 @@ def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str,
      "terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (35)"),
     ({"autoscaling": {"cpu": {"enabled": False}}}, "autoscaling.enabled needs autoscaling.cpu.enabled"),
     ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "autoscaling.minReplicas (5) is above"),
+    ({"access": {"rules": [{"groups": ["inference"], "header": "x-api-key", "secretKey": "k"}]}},
+     "access.rules need access.existingSecret"),
+    ({"access": {"existingSecret": "s", "rules": [{"groups": ["health"], "header": "x-api-key", "secretKey": "k"}]}},
+     "access.rules: keep health open"),
+    ({"access": {"existingSecret": "s", "rules": [{"groups": ["metrics"], "header": "x-api-key", "secretKey": "k"}]},
+      "monitoring": {"serviceMonitor": {"enabled": True}}}, "metrics cannot be protected with the ServiceMonitor on"),
 ])
 def test_inconsistent_values_fail_the_render_with_a_message_naming_the_key(values: dict[str, Any],
                                                                            message: str) -> None:

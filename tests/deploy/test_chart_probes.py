@@ -5,6 +5,7 @@ the Service routes to, and the metrics path the ServiceMonitor scrapes.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks.server import free_port
 from tests import model_factory
 from tests.deploy.chart_helpers import CHART, manifests, one, render, server_container
-from tests.server import ServerProcess
+from tests.server import SECRETS, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,39 @@ def test_the_prometheus_adapter_rules_read_series_the_server_exports(rendered: d
                      "tensorgate_inflight_requests"):
             if name in rule["metricsQuery"]:
                 assert name in exported, (name, sorted(exported))
+
+
+def test_the_probes_still_work_with_keys_on_every_group_but_health(tmp_path: Path) -> None:
+    """The api-keys value set with every group the chart allows protected: the kubelet's probes
+    (no key) still pass, while a call without a key is refused."""
+    key = secrets.token_hex(16)
+    SECRETS.add(key)
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    objects = manifests(render({"server": {"ports": ports}, "access": {"existingSecret": "keys", "rules": [
+        {"groups": ["inference", "metadata", "statistics", "metrics"], "header": "x-api-key", "secretKey": "clients"},
+        {"groups": ["model-repository", "shared-memory"], "header": "x-admin-key", "secretKey": "admin"}]}}))
+    container = server_container(objects)
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "api-keys")
+    keys = tmp_path / "keys"  # the Secret's data entries, as the kubelet mounts them
+    keys.mkdir()
+    (keys / "clients").write_text(key + "\n")
+    (keys / "admin").write_text(secrets.token_hex(16) + "\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    model_factory.flat_identity_model(repo)
+    args = [a.replace(mount, str(keys)) for a in container["args"]]
+    args[args.index("--model-repo=/models")] = f"--model-repo={repo}"
+    args[args.index("--host=0.0.0.0")] = "--host=127.0.0.1"
+    server = ServerProcess(repo, args, http_port=ports["http"], grpc_port=ports["grpc"],
+                           metrics_port=ports["metrics"], env={"TENSORGATE_OPEN_GROUPS": ""})
+    server.start()
+    try:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = container[probe]["httpGet"]
+            reply = httpx.get(f"http://127.0.0.1:{_port(container, get['port'])}{get['path']}")
+            assert reply.status_code == 200, (probe, reply.text)
+        assert httpx.get(f"{server.http_url}/v2").status_code == 401
+        assert httpx.get(f"{server.http_url}/v2", headers={"x-api-key": key}).status_code == 200
+        assert httpx.get(server.metrics_url).status_code == 401
+    finally:
+        assert server.stop() == 0, server.log()
