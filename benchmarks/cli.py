@@ -14,6 +14,7 @@ This module imports only the standard library at the top, so ``tensorgate`` star
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -68,6 +69,12 @@ def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
+def _api_key_header(header: str | None) -> str | None:
+    if header is not None and not os.environ.get("TENSORGATE_BENCH_API_KEY"):
+        raise SystemExit("--api-key-header: set TENSORGATE_BENCH_API_KEY to the key to send")
+    return header
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to measure")
     what.add_argument("--model", type=_any_names, default=["mlp_small"],
@@ -104,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     external.add_argument("--worker-match", action="append", default=[], metavar="TEXT",
                           help="a command-line fragment that marks a server process as a model worker (not "
                                "gateway CPU); repeatable; TensorGate's and Triton's Python stubs are known")
+    external.add_argument("--api-key-header", default=None, metavar="NAME",
+                          help="send the key in $TENSORGATE_BENCH_API_KEY in this header with every REST inference "
+                               "request (a server with --protect inference:NAME); the key stays out of the results")
     external.add_argument("--model-repo", type=Path, default=None,
                           help="the repository the server serves: its ONNX and TorchScript files are timed offline")
     gen = parser.add_argument_group("load generation and output")
@@ -160,7 +170,8 @@ def main(args: argparse.Namespace | list[str] | None = None, argv: list[str] | N
         options=ServingOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                instances=args.instances, threads=args.threads),
         url=args.url, grpc_target=args.grpc_target, server_pid=args.server_pid, model_repo=args.model_repo,
-        worker_match=tuple(args.worker_match), loadgen=args.loadgen,
+        api_key_header=_api_key_header(args.api_key_header), worker_match=tuple(args.worker_match),
+        loadgen=args.loadgen,
         wrk_threads=args.wrk_threads, grpc_client=args.grpc_client, offline=not args.no_offline,
         offline_time=args.offline_time,
         name=args.name, title=args.title, profile=args.profile is not None,

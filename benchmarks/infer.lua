@@ -1,13 +1,14 @@
 -- wrk script for TensorGate's benchmark harness (benchmarks/wrk.py runs it).
 --
---   wrk -s infer.lua URL -- BODY_FILE CONTENT_TYPE HEADER_LENGTH REQUESTS_PER_THREAD
+--   wrk -s infer.lua URL -- BODY_FILE CONTENT_TYPE HEADER_LENGTH REQUESTS_PER_THREAD [KEY_HEADER]
 --
 -- BODY_FILE holds the request body that benchmarks/payloads.py generated (JSON, or a JSON
 -- header plus raw tensor bytes); HEADER_LENGTH is the binary extension's
 -- Inference-Header-Content-Length ("-" for a plain JSON body); REQUESTS_PER_THREAD stops each
 -- thread after that many replies ("0": run for wrk's -d duration; with a count, the harness
 -- stops wrk with SIGINT when every thread has printed "TGDONE"). Every request is the same
--- POST, so wrk formats it once. done() prints one line, "TGBENCH {json}", for the harness.
+-- POST, so wrk formats it once. KEY_HEADER, when given, carries $TENSORGATE_BENCH_API_KEY (read here,
+-- so the key is on no command line). done() prints one line, "TGBENCH {json}", for the harness.
 
 local threads = {}
 DONE_MARKER = "TGDONE\n"
@@ -25,6 +26,9 @@ function init(args)
   wrk.headers["Content-Type"] = args[2]
   if args[3] ~= "-" then
     wrk.headers["Inference-Header-Content-Length"] = args[3]
+  end
+  if args[5] then
+    wrk.headers[args[5]] = assert(os.getenv("TENSORGATE_BENCH_API_KEY"), "TENSORGATE_BENCH_API_KEY is not set")
   end
   local limit = tonumber(args[4]) or 0
   if limit > 0 then

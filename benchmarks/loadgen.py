@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", type=Path, required=True, help="file holding the request body")
     parser.add_argument("--content-type", default="application/json")
     parser.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value'")
+    parser.add_argument("--key-header", default=None,
+                        help="HTTP header carrying $TENSORGATE_BENCH_API_KEY (kept off the command line)")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--duration", type=float, default=None, help="seconds")
     parser.add_argument("--requests", type=int, default=None, help="requests in all")
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_grpc_sync(args.target, body, args.concurrency, budget, args.timeout)
     else:
         headers = dict(h.split(":", 1) for h in args.header)
+        if args.key_header:
+            headers[args.key_header] = os.environ["TENSORGATE_BENCH_API_KEY"]
         request = http_request(host, int(port), args.path, body, args.content_type,
                                {k.strip(): v.strip() for k, v in headers.items()})
         result = uvloop.run(run_http(host, int(port), request, args.concurrency, budget, args.timeout))

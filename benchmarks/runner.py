@@ -68,6 +68,8 @@ class RunConfig:
     server_pid: int | None = None
     #: With ``url``: the repository the server serves, where the offline measurement finds the model files.
     model_repo: Path | None = None
+    #: ``--api-key-header``: REST inference requests carry $TENSORGATE_BENCH_API_KEY in this header.
+    api_key_header: str | None = None
     #: Command-line fragments that mark a server process as a model worker (besides the known ones).
     worker_match: tuple[str, ...] = ()
     loadgen: str = "auto"
@@ -207,12 +209,15 @@ def loadgen_command(cfg: RunConfig, payload: Payload, body_file: Path, served: s
         if _use_wrk(cfg):
             interrupt = None if duration else (wrk.DONE_MARKER, wrk.threads_for(concurrency, cfg.wrk_threads))
             return wrk.command(f"{target.http_url}{path}", body_file, payload.content_type, payload.headers,
-                               concurrency, duration, requests, cfg.wrk_threads), interrupt
+                               concurrency, duration, requests, cfg.wrk_threads,
+                               key_header=cfg.api_key_header), interrupt
         hostport = target.http_url.split("://", 1)[-1].rstrip("/")
         command = [sys.executable, "-m", "benchmarks.loadgen", "http", "--target", hostport, "--path", path,
                    "--content-type", payload.content_type]
         for name, value in payload.headers.items():
             command += ["--header", f"{name}: {value}"]
+        if cfg.api_key_header:
+            command += ["--key-header", cfg.api_key_header]
     command += ["--body", str(body_file), "--concurrency", str(concurrency)]
     command += ["--duration", str(duration)] if duration else ["--requests", str(requests)]
     return command, None
@@ -433,7 +438,7 @@ def _check_ready(http_url: str, model: str) -> None:
         raise BenchError(f"model {model!r} at {http_url} is not ready (HTTP {status} from /ready)")
 
 
-def check_request(payload: Payload, target: _Target, model: str) -> None:
+def check_request(payload: Payload, target: _Target, model: str, key_header: str | None = None) -> None:
     """Send the generated request once; ``BenchError`` with the server's message if it is refused."""
     refused = f"model {model!r}: the server refused the generated {payload.protocol} request"
     if payload.protocol == "grpc":
@@ -455,9 +460,15 @@ def check_request(payload: Payload, target: _Target, model: str) -> None:
         return
     quoted = urllib.parse.quote(model, safe="")
     status, document, raw = http_json(f"{target.http_url}/v2/models/{quoted}/infer", payload.body,
-                                      {"Content-Type": payload.content_type, **payload.headers}, timeout=60)
+                                      {"Content-Type": payload.content_type, **payload.headers,
+                                       **_key(key_header)}, timeout=60)
     if status != 200:
         raise BenchError(f"{refused}: {error_text(status, document, raw)}")
+
+
+def _key(header: str | None) -> dict[str, str]:
+    """The ``--api-key-header`` header with its key, from the environment (never from a command line)."""
+    return {header: os.environ["TENSORGATE_BENCH_API_KEY"]} if header else {}
 
 
 def _prepare(cfg: RunConfig, target: _Target, names: list[tuple[str, str]]) -> list[_Model]:
@@ -535,7 +546,7 @@ def run(cfg: RunConfig) -> RunOutput:
             for protocol in cfg.protocols:
                 payload = build_payload(model.served, model.tensors, [o.name for o in model.signature.outputs],
                                         protocol)
-                check_request(payload, target, model.served)
+                check_request(payload, target, model.served, cfg.api_key_header)
                 bodies[model.served, protocol] = payload, payload.write(workdir / model.served)
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         for model in models:
