@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway.access import KEYS_VARIABLE
 from gateway.contract import LoadModel, ModelGauges, Signature, UnloadModel, WarmUp, WorkerSnapshot
 from gateway.logs import log_event
 from gateway.workers.process import ChildProcess
@@ -97,7 +98,10 @@ class WorkerPool:
 
     async def _start(self, framework: str) -> ChildProcess:
         address = f"tensorgate-{os.getpid()}-{framework}-{next(self._generation)}"
-        worker = ChildProcess("worker", framework, "runtimes.worker", [framework, address], self._exited)
+        # Model code runs there: it gets no API keys (only the frontends check them).
+        environment = {k: v for k, v in os.environ.items() if k != KEYS_VARIABLE}
+        worker = ChildProcess("worker", framework, "runtimes.worker", [framework, address], self._exited,
+                              env=environment)
         await worker.start()
         self._workers[framework] = worker
         self._addresses[framework] = address

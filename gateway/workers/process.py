@@ -26,7 +26,8 @@ class ChildProcess:
     """A started child: ``kind`` 'worker' or 'frontend'; ``role`` its framework or ``frontend-N``."""
 
     def __init__(self, kind: str, role: str, module: str, args: list[str], on_exit: Callable[["ChildProcess"], None],
-                 handle: Handler | None = None, pass_fds: tuple[int, ...] = ()) -> None:
+                 handle: Handler | None = None, pass_fds: tuple[int, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.role = role
         self._module = module
@@ -34,6 +35,7 @@ class ChildProcess:
         self._on_exit = on_exit
         self._handle = handle
         self._pass_fds = pass_fds
+        self._env = env  # None: this process's environment
         self._process: asyncio.subprocess.Process | None = None
         self.peer: Peer | None = None
         self._closing = False
@@ -52,7 +54,7 @@ class ChildProcess:
         with theirs:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", self._module, *self._args, str(theirs.fileno()),
-                pass_fds=(theirs.fileno(), *self._pass_fds), stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), *self._pass_fds), stdin=asyncio.subprocess.DEVNULL, env=self._env,
                 # Its own session: a terminal's Ctrl-C reaches the supervisor, which drains and then
                 # stops its children itself; a child exits when the supervisor's socket closes.
                 start_new_session=True,

@@ -226,6 +226,15 @@ def test_a_refusal_is_logged_without_the_key(keyed: ServerProcess) -> None:
     assert wrong not in keyed.log()
 
 
+def test_the_runtime_workers_get_no_keys(keyed: ServerProcess) -> None:
+    """Model code runs in the workers: the keys variable is not passed on to them."""
+    pids = keyed.worker_pids()
+    assert pids
+    for pid in pids:
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"TENSORGATE_API_KEYS" not in environment and CLIENT_KEYS[0].encode() not in environment
+
+
 def test_a_very_long_grpc_header_is_refused_and_the_server_carries_on(keyed: ServerProcess) -> None:
     with grpc.insecure_channel(keyed.grpc_address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
