@@ -68,9 +68,27 @@ REST_MODEL_SUFFIXES: dict[str, str] = {
     "infer": "inference",
     "stats": "statistics",
 }
+#: TF Serving's /v1/models/{model}[/versions/{v}|/labels/{l}]<suffix>, by suffix; a ``:verb`` on the last
+#: segment (``:predict``, ``:classify``, ``:regress``) is inference.
+TFS_MODEL_SUFFIXES: dict[str, str] = {
+    "": "health",  # the model status, which TF Serving users probe for readiness
+    "metadata": "metadata",
+}
 #: gRPC services: a whole service in one group, or its methods each in one.
 GRPC_SERVICES: dict[str, str | dict[str, str]] = {
     "grpc.health.v1.Health": "health",
+    "tensorflow.serving.PredictionService": {
+        "Predict": "inference",
+        "Classify": "inference",
+        "Regress": "inference",
+        "MultiInference": "inference",
+        "GetModelMetadata": "metadata",
+    },
+    "tensorflow.serving.ModelService": {
+        "GetModelStatus": "health",
+        "HandleReloadConfigRequest": "model-repository",
+    },
+    "tensorflow.serving.SessionService": "inference",
     "inference.GRPCInferenceService": {
         "ServerLive": "health",
         "ServerReady": "health",
@@ -104,6 +122,8 @@ def rest_group(path: str) -> str | None:
         group = REST_PREFIXES.get(segments[:length]) if len(segments) >= length else None
         if group is not None:
             return group
+    if segments[:2] == ("v1", "models"):
+        return _tfs_group(segments[2:])
     if segments[:2] != ("v2", "models") or len(segments) < 3 or not segments[2]:
         return None
     rest = segments[3:]
@@ -112,6 +132,20 @@ def rest_group(path: str) -> str | None:
     if len(rest) > 1:
         return None
     return REST_MODEL_SUFFIXES.get(rest[0] if rest else "")
+
+
+def _tfs_group(segments: tuple[str, ...]) -> str | None:
+    """TF Serving's REST paths below /v1/models/."""
+    if not segments or not segments[0]:
+        return None
+    if ":" in segments[-1]:  # a verb: whatever it is, the request reaches the :predict handler
+        return "inference" if len(segments) in (1, 3) and segments[-1].partition(":")[0] else None
+    rest = segments[1:]
+    if len(rest) >= 2 and rest[0] in ("versions", "labels") and rest[1]:
+        rest = rest[2:]
+    if len(rest) > 1:
+        return None
+    return TFS_MODEL_SUFFIXES.get(rest[0] if rest else "")
 
 
 def grpc_group(method: str) -> str | None:

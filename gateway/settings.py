@@ -209,7 +209,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _shown(default: Any) -> str:
     if isinstance(default, bool):
         return str(default).lower()
-    return str(default) if default not in ((), "") else "none"
+    if isinstance(default, tuple) and default:
+        return ",".join(map(str, default))
+    return str(default) if default not in ((), "", None) else "none"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

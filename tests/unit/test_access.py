@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
 from grpc_health.v1 import health_pb2
 from starlette.routing import Route
 
+import gateway
 from gateway.access import (
     GROUPS,
     AccessError,
@@ -66,10 +70,18 @@ def test_every_fast_path_route_is_inference(path: str) -> None:
     assert rest_group(path) == "inference"
 
 
+def _grpc_services() -> list[Any]:
+    """Every service of every generated module in the gateway package, and grpc.health.v1."""
+    modules = [health_pb2, grpc_service_pb2]
+    for info in pkgutil.walk_packages(gateway.__path__, "gateway."):
+        if info.name.endswith("_pb2"):
+            modules.append(importlib.import_module(info.name))
+    return [service for module in modules for service in module.DESCRIPTOR.services_by_name.values()]
+
+
 def test_every_method_of_the_served_grpc_services_is_in_a_group() -> None:
-    services = [*grpc_service_pb2.DESCRIPTOR.services_by_name.values(),
-                *health_pb2.DESCRIPTOR.services_by_name.values()]
-    assert {s.full_name for s in services} == {"inference.GRPCInferenceService", "grpc.health.v1.Health"}
+    services = _grpc_services()
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= {s.full_name for s in services}
     unmapped = [f"/{s.full_name}/{m.name}" for s in services for m in s.methods
                 if grpc_group(f"/{s.full_name}/{m.name}") not in GROUPS]
     assert not unmapped, f"gRPC methods without an endpoint group (add them to gateway/access.py): {unmapped}"
@@ -77,8 +89,22 @@ def test_every_method_of_the_served_grpc_services_is_in_a_group() -> None:
     assert grpc_group("/grpc.health.v1.Health/Watch") == "health"
 
 
-@pytest.mark.parametrize("path", ["/", "/v1/models/m", "/v2/models/a/b/infer", "/v2/models/m/versions",
-                                  "/v2/models//infer", "/v2/models/m/versions/1/x/y", "/v2/unknown"])
+@pytest.mark.parametrize(("path", "group"), [
+    ("/v1/models/m", "health"), ("/v1/models/m/versions/2", "health"), ("/v1/models/m/labels/stable", "health"),
+    ("/v1/models/m/metadata", "metadata"), ("/v1/models/m/labels/stable/metadata", "metadata"),
+    ("/v1/models/m:predict", "inference"), ("/v1/models/m/versions/2:regress", "inference"),
+    ("/v1/models/{model_name}/labels/{label}:{verb}", "inference"), ("/v1/models/m:anything", "inference"),
+])
+def test_tf_serving_paths(path: str, group: str) -> None:
+    """TF Serving's REST API (gateway/tfserving): status is health, as TF Serving users probe it."""
+    assert rest_group(path) == group
+    assert grpc_group("/tensorflow.serving.PredictionService/Predict") == "inference"
+    assert grpc_group("/tensorflow.serving.ModelService/GetModelStatus") == "health"
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/models", "/v1/models/m/x", "/v1/models/:predict", "/v2/models/a/b/infer",
+                                  "/v2/models/m/versions", "/v2/models//infer", "/v2/models/m/versions/1/x/y",
+                                  "/v2/unknown"])
 def test_a_path_no_route_serves_has_no_group(path: str) -> None:
     assert rest_group(path) is None
     assert grpc_group("/inference.GRPCInferenceService/NoSuchMethod") is None
