@@ -8,6 +8,7 @@ refused with a message that names the flag or the variable it came from.
 import argparse
 import math
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,6 +80,14 @@ def _openable(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _origins(value: tuple[str, ...]) -> tuple[str, ...]:
+    for origin in value:
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
+            raise ValueError(f"{origin!r} is not an origin: scheme://host[:port] without a path, as a browser "
+                             "sends it (e.g. https://app.example.com), or '*'")
+    return value
+
+
 def _lower_names(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name.lower() for name in value)
 
@@ -141,7 +150,7 @@ class Settings(BaseSettings):
     open_groups: Annotated[Names, AfterValidator(_openable)] = Field(
         (), description="open model-repository and/or shared-memory to every caller without a key (refused by "
                         "default unless --protect gives them a key)")
-    cors_origins: Names = Field(
+    cors_origins: Annotated[Names, AfterValidator(_origins)] = Field(
         (), description="CORS: browser origins allowed to call the REST port, comma-separated ('*': any); "
                         "default none: CORS off")
     cors_methods: Names = Field(

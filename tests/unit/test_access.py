@@ -132,6 +132,8 @@ def test_rules_from_flags_and_from_the_variable(monkeypatch: pytest.MonkeyPatch,
     (["--protect", "inference:a", "--protect", "metrics,inference:b"], "group inference is in two rules"),
     (["--open-groups", "inference"], "'inference' cannot be opened"),
     (["--open-groups", "shared-memory", "--protect", "shared-memory:x-admin"], "shared-memory is also protected"),
+    (["--cors-origins", "https://app.example.com/"], "is not an origin"),
+    (["--cors-origins", "app.example.com"], "is not an origin"),
 ])
 def test_bad_rules_are_refused_naming_the_flag(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -206,3 +208,10 @@ def test_refusals_are_logged_rate_limited_and_without_the_key(caplog: pytest.Log
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "event=access_refused group=inference reason=wrong" in lines[0]
     assert "client=10.0.0.1" in lines[0] and KEY not in lines[0] and OTHER not in lines[0]
+
+
+def test_cors_settings() -> None:
+    assert _settings().cors_origins == ()
+    cors = _settings("--cors-origins", "https://App.example.com, http://localhost:3000", "--cors-methods", "get,PUT")
+    assert cors.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert cors.cors_methods == ("get", "put") and _settings("--cors-origins", "*").cors_origins == ("*",)
