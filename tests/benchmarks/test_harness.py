@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks import wrk
+from benchmarks.inputs import BenchError
 from benchmarks.models import MODELS, build_onnx, reference, sample_input
 from benchmarks.profile import summarize
 from benchmarks.report import Offline, Point, compare
@@ -24,6 +27,7 @@ from benchmarks.runner import RunConfig, run
 from benchmarks.server import BenchServer
 from benchmarks.stats import StatsSnapshot
 from gateway.cli import main as tensorgate
+from tests.server import SECRETS, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +130,30 @@ def test_python_fallback_against_a_running_server(running_server: BenchServer, t
     assert "mlp_tiny rest-json c=3" in progress.getvalue()
     text = output.markdown.read_text()
     assert "Python fallback client" in text and "external, http://127.0.0.1" in text
+
+
+def test_a_server_with_a_key_on_inference(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--api-key-header: every REST inference request carries the key, which no command line or result holds."""
+    key = secrets.token_hex(16)
+    SECRETS.add(key)
+    repo = prepare_run_repo(tmp_path / "repo", [(TINY, "onnx")], ServingOptions(max_queue_delay_ms=2), cache)
+    server = ServerProcess(repo, ["--protect", "inference:x-api-key"], env={"TENSORGATE_API_KEYS": key})
+    server.start()
+    try:
+        base = RunConfig(models=["mlp_tiny"], protocols=["rest-binary"], concurrency=[2], duration=1.0, warmup=0,
+                         url=server.http_url, grpc_target=server.grpc_address, offline=False, output_dir=tmp_path,
+                         cache=cache, progress=io.StringIO())
+        with pytest.raises(BenchError, match="HTTP 401: the inference API requires a key in the x-api-key header"):
+            run(replace(base, name="nokey"))
+        monkeypatch.setenv("TENSORGATE_BENCH_API_KEY", key)
+        for loadgen in ("wrk", "python"):
+            output = run(replace(base, name=loadgen, loadgen=loadgen, api_key_header="x-api-key"))
+            [point] = output.report.points
+            assert point.errors == 0 and point.requests > 0, loadgen
+            results = output.markdown.read_text() + output.markdown.with_suffix(".json").read_text()
+            assert key not in results
+    finally:
+        assert server.stop() == 0, server.log()
 
 
 def test_comparison_with_the_offline_limit() -> None:
