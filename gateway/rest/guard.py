@@ -52,11 +52,11 @@ class RestGuard:
         #: False when the fast infer path has nothing to check (inference open, CORS off): it skips ``admit``.
         self.checks_infer = cors is not None or not policy.gates["inference"].open
 
-    def admit(self, method: bytes, path: str | None, headers: Headers,
+    def admit(self, method: bytes, path: str, infer: bool, headers: Headers,
               client: Callable[[], str | None]) -> tuple[Reply | None, bytes]:
         """(a refusal or preflight answer, or None to serve it; the headers its answer gets).
 
-        ``path`` is the decoded path the app routes on, or None for the fast infer path.
+        ``path`` is the decoded path the app routes on; ``infer``: the request takes the fast infer path.
         """
         extra = b""
         cors = self.cors
@@ -71,7 +71,7 @@ class RestGuard:
                         return Reply(403, _JSON, orjson.dumps({"error": f"CORS preflight refused: {why}"})), b""
                     return _PREFLIGHT, allowed
                 extra = cors.response_headers(origin)
-        group = "inference" if path is None else rest_group(path)
+        group = "inference" if infer else rest_group(path)
         if group is None:
             return None, extra  # no route serves it: the app answers 404
         gate = self.policy.gates[group]
@@ -80,7 +80,7 @@ class RestGuard:
         refusal = gate.check(_values(headers, gate.header_bytes))
         if refusal is None:
             return None, extra
-        self.policy.refused(refusal, "rest", path or "infer", client())
+        self.policy.refused(refusal, "rest", path, client())
         reply, challenge = _refusal_reply(refusal)
         return reply, extra + challenge
 

@@ -80,10 +80,10 @@ class RequestGuard(Protocol):
     #: False when the fast infer path has nothing to check: it skips ``admit``.
     checks_infer: bool
 
-    def admit(self, method: bytes, path: str | None, headers: list[tuple[bytes, bytes]],
+    def admit(self, method: bytes, path: str, infer: bool, headers: list[tuple[bytes, bytes]],
               client: Callable[[], str | None]) -> tuple[Reply | None, bytes]:
         """(an answer instead of serving it, or None; header lines for its answer). ``path``: the decoded
-        path the ASGI app routes on, or None on the infer path."""
+        path (the one the ASGI app routes on); ``infer``: the request takes the fast infer path."""
         ...
 
 
@@ -440,8 +440,9 @@ class _Connection(asyncio.Protocol):
                          "use POST")
         guard = self.server.guard
         if guard is not None and (route is None or guard.checks_infer):
-            routed = None if route is not None else unquote(_target(url)[0].decode("latin-1"))
-            answer, request.extra = guard.admit(request.method, routed, request.headers, self._client_host)
+            routed = unquote(_target(url)[0].decode("latin-1"))
+            answer, request.extra = guard.admit(request.method, routed, route is not None, request.headers,
+                                                self._client_host)
             if answer is not None:
                 request.kind = _ERROR
                 request.error = answer
