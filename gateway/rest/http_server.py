@@ -17,7 +17,9 @@ What the server does itself, for both paths:
 - a client that disconnects cancels the infer handler's task (a queued request leaves the
   queue); an ASGI app sees ``http.disconnect`` from ``receive``;
 - each fast-path response is one ``transport.write`` with ``Content-Length``; ``Date`` is
-  refreshed by a ticker, not computed per request.
+  refreshed by a ticker, not computed per request;
+- a ``RequestGuard`` (``gateway.rest.guard``: API keys, CORS) is asked once per request head, on
+  the decoded path the app routes on; what it refuses is answered without keeping the body.
 """
 
 from __future__ import annotations
