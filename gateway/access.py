@@ -6,7 +6,7 @@ its groups require one of the accepted keys in ``HEADER``. Keys come from the ru
 or else from ``--api-keys-file`` / ``TENSORGATE_API_KEYS`` — never from the command line, and
 never logged. ``model-repository`` and ``shared-memory`` (which change what the server runs and
 map client memory) are refused unless protected, or opened with ``--open-groups``; every other
-group is open unless protected. The transports only ask ``AccessPolicy.check``.
+group is open unless protected. The transports ask the group's ``Gate`` (``AccessPolicy.gates``).
 
 The group maps below are the one place that says which endpoint is in which group; a test checks
 that every route of the REST app and every method of each served gRPC service is in one.
