@@ -4,6 +4,7 @@ would send it (httpx, sockets), our gRPC stubs, and tritonclient HTTP/gRPC in a 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -15,10 +16,16 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.routing import Route
 
+from gateway.dataplane import DataPlane, WorkerLinks
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.metrics import RequestMetrics
+from gateway.protocol.system_shm import SystemSharedMemory
+from gateway.rest.app import create_app
 from tests import model_factory
 from tests.helpers import ROOT, run_client_script
 from tests.server import SECRETS, ServerProcess
@@ -270,6 +277,18 @@ def test_preflight_is_answered_on_every_route_without_a_key(keyed: ServerProcess
     allowed = set(reply.headers["access-control-allow-headers"].split(", "))
     assert {"content-type", "x-api-key", "x-admin-key", "inference-header-content-length"} <= allowed
     assert "content-length" not in reply.headers and not reply.content
+
+
+def test_preflight_is_answered_on_every_route_of_the_app(keyed: ServerProcess) -> None:
+    app = create_app(DataPlane(RequestMetrics(enabled=False), WorkerLinks(1 << 20)), 1 << 20, SystemSharedMemory())
+    paths = {re.sub(r"\{[^}:]+(:path)?\}", "offset", r.path) for r in app.routes if isinstance(r, (APIRoute, Route))}
+    assert len(paths) > 20
+    with httpx.Client(base_url=keyed.http_url) as client:
+        for path in sorted(paths):
+            for method in ("GET", "POST"):
+                reply = client.options(path, headers={"origin": ORIGIN, "access-control-request-method": method})
+                assert reply.status_code == 204, (path, reply.text)
+                assert reply.headers["access-control-allow-origin"] == ORIGIN
 
 
 def test_preflight_from_another_origin_or_for_another_method_or_header_is_refused(keyed: ServerProcess) -> None:
