@@ -142,18 +142,19 @@ def tensorflow_models(repo: Path) -> None:
 
 
 def tf_serving_models(repo: Path) -> None:
-    """half_plus_three, string_lengths and half_plus_three_batched in TF Serving's layout, in a child process."""
+    """half_plus_three, string_lengths and half_plus_three_batched in TF Serving's layout (the last two with a
+    config.yaml beside it), in a child process."""
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo), "tf_serving"], cwd=root,
                          capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _save_tf(module: Any, function: Any, path: Path) -> None:
+def _save_tf(module: Any, function: Any, path: Path, signature: str = "serving_default") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.saved_model.save(module, str(path), signatures={"serving_default": function})
+    tf.saved_model.save(module, str(path), signatures={signature: function})
 
 
 def slow_savedmodel(repo: Path, name: str = "slow_savedmodel") -> None:
@@ -226,7 +227,8 @@ def half_plus_three(repo: Path, name: str = "half_plus_three", version: str = "0
 
 
 def string_lengths(repo: Path, name: str = "string_lengths") -> None:
-    """DT_STRING in, two outputs: each string's length in bytes, and the strings back as ``echo_bytes``."""
+    """DT_STRING in, two outputs: each string's length in bytes, and the strings back as ``echo_bytes``; its
+    signature is ``predict_strings`` (named in a config.yaml beside TF Serving's layout)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -236,7 +238,8 @@ def string_lengths(repo: Path, name: str = "string_lengths") -> None:
             return {"length": tf.strings.length(text), "echo_bytes": tf.identity(text)}
 
     module = Lengths()
-    _save_tf(module, module.serve, repo / name / "1")
+    _save_tf(module, module.serve, repo / name / "1", "predict_strings")
+    _config(repo / name, "platform: savedmodel\nparameters: {signature_name: predict_strings}\n")
 
 
 # --- JAX -------------------------------------------------------------------------------------------

@@ -49,19 +49,19 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         try:
             name, version, label = _target(request.model_spec)
-            predict.check_signature(request.model_spec.signature_name)
             served = predict.resolve(self._plane, name, version, label)
+            predict.check_signature(served, request.model_spec.signature_name)
             inputs = {}
             for key, tensor in request.inputs.items():
                 spec = predict.input_spec(served, key)
-                inputs[spec.name] = decode_tensor(tensor, key)[1]
+                inputs[spec.name] = decode_tensor(tensor, key)
             response = await predict.predict(self._plane, served.name, version, inputs, list(request.output_filter),
                                              "grpc")
         except TensorGateError as exc:
             await _abort(context, exc)
         try:
-            reply = pb.PredictResponse(model_spec=_spec(response.model_name, response.model_version,
-                                                        request.model_spec.signature_name or predict.DEFAULT_SIGNATURE))
+            signature = request.model_spec.signature_name or predict.signature_name(served)
+            reply = pb.PredictResponse(model_spec=_spec(response.model_name, response.model_version, signature))
             for output in response.outputs:
                 reply.outputs[output.name].CopyFrom(encode_tensor(output.data, output.datatype))
         finally:
@@ -78,8 +78,8 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
                 if field != predict.SIGNATURE_DEF:
                     raise InvalidRequest(f"Metadata field {field} is not supported (the one there is: "
                                          f"'{predict.SIGNATURE_DEF}')")
-            predict.check_signature(request.model_spec.signature_name)
             served = predict.resolve(self._plane, *_target(request.model_spec))
+            predict.check_signature(served, request.model_spec.signature_name)
         except TensorGateError as exc:
             await _abort(context, exc)
         signatures = json_format.ParseDict(predict.signature_def_map(served), pb.SignatureDefMap())

@@ -1,7 +1,8 @@
 """What TF Serving's REST and gRPC APIs share: model specs, signatures, status, metadata, predict.
 
-Our models have one signature each, served as TF Serving's default one: a request may name it
-(``serving_default``) or leave it empty; any other name is refused. TensorGate has no version
+Our models have one signature each, served under the name its config gives
+(``parameters.signature_name``, as a SavedModel's is chosen) or else as TF Serving's default one:
+a request may name it, name ``serving_default``, or leave it empty; any other name is refused. TensorGate has no version
 labels, so a request that names one is refused the way TF Serving refuses an unknown label.
 Predict builds the same InferRequest a v2 request becomes and runs it through
 ``DataPlane.infer``: one validation, one queue and batcher, one set of metrics.
@@ -27,11 +28,18 @@ SIGNATURE_DEF = "signature_def"
 _STATES = {"READY": "AVAILABLE", "LOADING": "LOADING", "": "START"}
 
 
-def check_signature(name: str) -> None:
-    """Only the one signature each model has: ``serving_default`` or empty."""
-    if name not in ("", DEFAULT_SIGNATURE):
-        raise InvalidRequest(f"signature_name '{name}' is not served: TensorGate models have one signature, "
-                             f"'{DEFAULT_SIGNATURE}' (or leave signature_name out)")
+def signature_name(model: ServedModel) -> str:
+    """The name the model's one signature is served under."""
+    parameter = model.config.get("parameters", {}).get("signature_name")
+    return str(parameter["string_value"]) if parameter else DEFAULT_SIGNATURE
+
+
+def check_signature(model: ServedModel, name: str) -> None:
+    """Only the one signature each model has: by its name, as ``serving_default``, or unnamed."""
+    served = signature_name(model)
+    if name not in ("", DEFAULT_SIGNATURE, served):
+        raise InvalidRequest(f"signature_name '{name}' is not served: model '{model.name}' has one signature, "
+                             f"'{served}' (or leave signature_name out)")
 
 
 def check_label(label: str | None) -> None:
@@ -72,7 +80,7 @@ def signature_def_map(model: ServedModel) -> dict[str, Any]:
     """SignatureDefMap as JSON: the model's one signature, batch dimension (-1) included when it batches."""
     assert model.signature is not None
     batch = (-1,) if model.max_batch_size > 0 else ()
-    return {"signature_def": {DEFAULT_SIGNATURE: {
+    return {"signature_def": {signature_name(model): {
         "inputs": {t.name: _tensor_info(t, batch) for t in model.signature.inputs},
         "outputs": {t.name: _tensor_info(t, batch) for t in model.signature.outputs},
         "method_name": PREDICT_METHOD,

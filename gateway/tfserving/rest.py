@@ -45,8 +45,8 @@ def add_tfserving_routes(app: FastAPI, plane: DataPlane, max_request_bytes: int)
                 raise Unsupported(f":{verb} is not supported (it takes tf.Example protos); use :predict")
             raise InvalidRequest(f"unknown verb ':{verb}' (TF Serving's are :predict, :classify and :regress)")
         body = json_codec.parse_predict_body(await read_body(request, max_request_bytes))
-        predict.check_signature(body.signature_name)
         served = predict.resolve(plane, model, version, label)
+        predict.check_signature(served, body.signature_name)
         field = "instances" if body.row_format else "inputs"
         inputs = {}
         for name, value in body.values.items():

@@ -26,8 +26,8 @@ VALUE_FIELD = {
 _ALL_FIELDS = sorted(set(VALUE_FIELD.values()))
 
 
-def decode_tensor(proto: tf_pb.TensorProto, name: str) -> tuple[str, np.ndarray]:
-    """The datatype and elements of input ``name``; InvalidRequest naming it when they do not fit."""
+def decode_tensor(proto: tf_pb.TensorProto, name: str) -> np.ndarray:
+    """The elements of input ``name`` (their dtype is its datatype); InvalidRequest naming it when they do not fit."""
     datatype = datatype_of_dt(proto.dtype, name)
     if proto.tensor_shape.unknown_rank:
         raise InvalidRequest(f"input '{name}': tensor_shape has unknown_rank; a tensor needs its shape")
@@ -37,8 +37,8 @@ def decode_tensor(proto: tf_pb.TensorProto, name: str) -> tuple[str, np.ndarray]
     if proto.tensor_content:
         if datatype == "BYTES":
             raise InvalidRequest(f"input '{name}': DT_STRING elements go in string_val, not tensor_content")
-        return datatype, array_from_raw(proto.tensor_content, datatype, shape, name)
-    return datatype, _from_values(proto, datatype, shape, name)
+        return array_from_raw(proto.tensor_content, datatype, shape, name)
+    return _from_values(proto, datatype, shape, name)
 
 
 def encode_tensor(array: np.ndarray, datatype: str) -> tf_pb.TensorProto:

@@ -73,7 +73,7 @@ def test_metadata_and_columnar_predict(client: httpx.Client) -> None:
 
 def test_strings_and_b64_in_a_savedmodel(client: httpx.Client) -> None:
     binary = base64.b64encode(b"\xff\xfe").decode()
-    body = {"instances": ["tensor", "gåte", {"b64": binary}]}
+    body = {"signature_name": "predict_strings", "instances": ["tensor", "gåte", {"b64": binary}]}
     predictions = client.post("/v1/models/string_lengths:predict", json=body).json()["predictions"]
     assert predictions == [
         {"echo_bytes": {"b64": base64.b64encode(b"tensor").decode()}, "length": 6},
@@ -82,6 +82,10 @@ def test_strings_and_b64_in_a_savedmodel(client: httpx.Client) -> None:
     ]
     r = client.post("/v1/models/string_lengths:predict", json={"instances": [{"b64": "@@@"}]})
     assert r.status_code == 400 and "'b64' value '@@@' is not valid base64" in r.json()["error"]
+    r = client.post("/v1/models/string_lengths:predict", json={"signature_name": "classify", "instances": ["a"]})
+    assert r.status_code == 400 and "has one signature, 'predict_strings'" in r.json()["error"]
+    signatures = client.get("/v1/models/string_lengths/metadata").json()["metadata"]["signature_def"]
+    assert list(signatures["signature_def"]) == ["predict_strings"]
 
 
 def test_the_v2_api_serves_the_same_models(client: httpx.Client) -> None:

@@ -231,7 +231,8 @@ def half_plus_three(stubs: Stubs) -> None:
 @check("layout")
 def strings_in_a_savedmodel(stubs: Stubs) -> None:
     words = np.array([b"tensor", "gåte".encode(), b"\xff\xfe"], dtype=object)
-    reply = stubs[0].Predict(request("string_lengths", {"text": words}))
+    reply = stubs[0].Predict(request("string_lengths", {"text": words}, signature="predict_strings"))
+    assert reply.model_spec.signature_name == "predict_strings"
     assert tf.make_ndarray(reply.outputs["length"]).tolist() == [6, 5, 2]
     assert tf.make_ndarray(reply.outputs["echo_bytes"]).tolist() == words.tolist()
 

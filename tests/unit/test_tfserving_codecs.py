@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.contract import TensorSpec
+from gateway.protocol.datatypes import datatype_of
 from gateway.protocol.errors import InvalidRequest
 from gateway.protocol.types import InferOutput
 from gateway.tfserving.datatypes import TF_DTYPES
@@ -32,8 +33,8 @@ def test_tensor_proto_round_trip(datatype: str) -> None:
     proto = encode_tensor(array, datatype)
     assert proto.dtype == TF_DTYPES[datatype][1]
     assert bool(proto.tensor_content) == (datatype != "BYTES")  # numbers as TF Serving answers them
-    decoded_type, decoded = decode_tensor(tf_pb.TensorProto.FromString(proto.SerializeToString()), "x")
-    assert decoded_type == datatype and decoded.shape == array.shape
+    decoded = decode_tensor(tf_pb.TensorProto.FromString(proto.SerializeToString()), "x")
+    assert datatype_of(decoded.dtype) == datatype and decoded.shape == array.shape
     np.testing.assert_array_equal(decoded, array)
 
 
@@ -44,12 +45,12 @@ def _typed(dtype: int, shape: list[int], **values: object) -> tf_pb.TensorProto:
 
 
 def test_typed_value_fields() -> None:
-    assert decode_tensor(_typed(tf_pb.DT_INT8, [2], int_val=[-1, 5]), "x")[1].tolist() == [-1, 5]
-    assert decode_tensor(_typed(tf_pb.DT_UINT64, [1], uint64_val=[2**64 - 1]), "x")[1].tolist() == [2**64 - 1]
+    assert decode_tensor(_typed(tf_pb.DT_INT8, [2], int_val=[-1, 5]), "x").tolist() == [-1, 5]
+    assert decode_tensor(_typed(tf_pb.DT_UINT64, [1], uint64_val=[2**64 - 1]), "x").tolist() == [2**64 - 1]
     halves = np.array([1.5, -2.0], np.float16)
-    decoded = decode_tensor(_typed(tf_pb.DT_HALF, [2], half_val=halves.view(np.uint16).tolist()), "x")[1]
+    decoded = decode_tensor(_typed(tf_pb.DT_HALF, [2], half_val=halves.view(np.uint16).tolist()), "x")
     np.testing.assert_array_equal(decoded, halves)
-    filled = decode_tensor(_typed(tf_pb.DT_FLOAT, [2, 3], float_val=[0.25]), "x")[1]
+    filled = decode_tensor(_typed(tf_pb.DT_FLOAT, [2, 3], float_val=[0.25]), "x")
     assert filled.shape == (2, 3) and (filled == 0.25).all()  # one value fills the shape, as in TensorFlow
 
 
