@@ -21,6 +21,8 @@ from gateway.protocol.datatypes import numpy_dtype
 from gateway.protocol.errors import InvalidRequest
 from gateway.protocol.types import InferOutput
 
+#: The web-safe base64 alphabet's two letters, read as the standard alphabet's (both are accepted).
+_WEB_SAFE = str.maketrans("-_", "+/")
 #: numpy kinds of parsed JSON values each kind of datatype accepts.
 _ACCEPTED_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
 
@@ -143,7 +145,7 @@ def _collect_bytes(value: object, out: list[bytes], where: str) -> None:
         try:
             if not isinstance(encoded, str):
                 raise ValueError
-            out.append(base64.b64decode(encoded, validate=True))
+            out.append(base64.b64decode(encoded.translate(_WEB_SAFE), validate=True))
         except (ValueError, binascii.Error):
             raise InvalidRequest(f"{where}: the 'b64' value {str(encoded)[:40]!r} is not valid base64") from None
     else:

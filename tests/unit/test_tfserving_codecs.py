@@ -98,6 +98,8 @@ def test_json_values_take_the_model_datatype() -> None:
     assert to_array([[1, 2]], TensorSpec("x", "FP16", (-1,)), "x").dtype == np.float16
     strings = to_array(["a", {"b64": base64.b64encode(b"\xff").decode()}], TensorSpec("s", "BYTES", (-1,)), "s")
     assert strings.tolist() == [b"a", b"\xff"]
+    web_safe = to_array([{"b64": base64.urlsafe_b64encode(b"\xfb\xff").decode()}], TensorSpec("s", "BYTES", (-1,)), "s")
+    assert web_safe.tolist() == [b"\xfb\xff"]
     for value, spec, message in [
         ([1.5], TensorSpec("x", "INT32", (-1,)), "not valid INT32 values"),
         ([300], TensorSpec("x", "UINT8", (-1,)), "out of range for UINT8"),
