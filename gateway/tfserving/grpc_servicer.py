@@ -83,7 +83,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):  # type: ignore[mis
         except TensorGateError as exc:
             await _abort(context, exc)
         signatures = json_format.ParseDict(predict.signature_def_map(served), pb.SignatureDefMap())
-        reply = pb.GetModelMetadataResponse(model_spec=_spec(served.name, str(served.version or ""),
+        reply = pb.GetModelMetadataResponse(model_spec=_spec(served.name, str(served.version),
                                                              request.model_spec.signature_name))
         reply.metadata[predict.SIGNATURE_DEF].Pack(signatures)
         return reply

@@ -72,8 +72,9 @@ def _version_status(model: ServedModel) -> dict[str, Any]:
             "status": {"error_code": "UNKNOWN" if failed else "OK", "error_message": model.reason if failed else ""}}
 
 
-def model_spec(model: ServedModel, signature_name: str = "") -> dict[str, Any]:
-    return {"name": model.name, "signature_name": signature_name, "version": str(model.version or 0)}
+def model_spec(model: ServedModel) -> dict[str, Any]:
+    """ModelSpec as JSON (REST metadata's), for a ready version (which always has a number)."""
+    return {"name": model.name, "signature_name": "", "version": str(model.version)}
 
 
 def signature_def_map(model: ServedModel) -> dict[str, Any]:
