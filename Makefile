@@ -3,13 +3,17 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# TF Serving's client stubs, for the tests of TF Serving's API. Installed without their dependencies:
+# they ask for the `tensorflow` distribution, whose modules tensorflow-cpu (in [test]) already provides.
+TFSERVING_API := tensorflow-serving-api==2.21.0
 
 .PHONY: serve test test-tools lint typecheck unit proto model_repo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps '$(TFSERVING_API)'
 	touch $(STAMP)
 
 # Build the example models (offline, reproducible) when any is missing.

@@ -141,11 +141,20 @@ def tensorflow_models(repo: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _save_tf(module: Any, function: Any, path: Path) -> None:
+def tf_serving_models(repo: Path) -> None:
+    """half_plus_three, string_lengths and half_plus_three_batched in TF Serving's layout (the last two with a
+    config.yaml beside it), in a child process."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo), "tf_serving"], cwd=root,
+                         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _save_tf(module: Any, function: Any, path: Path, signature: str = "serving_default") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.saved_model.save(module, str(path), signatures={"serving_default": function})
+    tf.saved_model.save(module, str(path), signatures={signature: function})
 
 
 def slow_savedmodel(repo: Path, name: str = "slow_savedmodel") -> None:
@@ -196,6 +205,41 @@ def broken_savedmodels(repo: Path) -> None:
     failing_savedmodel(repo, "contradicts_savedmodel")
     (repo / "contradicts_savedmodel" / "config.yaml").write_text(
         "platform: savedmodel\nmax_batch_size: 8\ninputs: [{name: x, datatype: INT32, shape: [4]}]\n")
+
+
+def half_plus_three(repo: Path, name: str = "half_plus_three", version: str = "00000123") -> None:
+    """TF Serving's documented example model: y = 0.5x + 3 for x of shape [-1], as TF Serving lays it out:
+    ``<name>/00000123/saved_model.pb`` (version 123) and ``variables/``, no config file."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class HalfPlusThree(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = tf.Variable(0.5), tf.Variable(3.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])  # type: ignore[untyped-decorator]
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": self.a * x + self.b}
+
+    module = HalfPlusThree()
+    _save_tf(module, module.serve, repo / name / version)
+
+
+def string_lengths(repo: Path, name: str = "string_lengths") -> None:
+    """DT_STRING in, two outputs: each string's length in bytes, and the strings back as ``echo_bytes``; its
+    signature is ``predict_strings`` (named in a config.yaml beside TF Serving's layout)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Lengths(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])  # type: ignore[untyped-decorator]
+        def serve(self, text: Any) -> dict[str, Any]:
+            return {"length": tf.strings.length(text), "echo_bytes": tf.identity(text)}
+
+    module = Lengths()
+    _save_tf(module, module.serve, repo / name / "1", "predict_strings")
+    _config(repo / name, "platform: savedmodel\nparameters: {signature_name: predict_strings}\n")
 
 
 # --- JAX -------------------------------------------------------------------------------------------
@@ -279,6 +323,14 @@ def gpu_models(repo: Path) -> None:
 
 if __name__ == "__main__":
     target = Path(sys.argv[1])
+    if sys.argv[2:] == ["tf_serving"]:
+        half_plus_three(target)
+        string_lengths(target)
+        # The same model with a config.yaml beside TF Serving's layout, to batch it.
+        half_plus_three(target, "half_plus_three_batched", "1")
+        _config(target / "half_plus_three_batched",
+                "platform: savedmodel\nmax_batch_size: 8\ndynamic_batching: {max_queue_delay_ms: 1}\n")
+        sys.exit(0)
     slow_savedmodel(target)
     failing_savedmodel(target)
     broken_savedmodels(target)

@@ -1,4 +1,5 @@
-"""The gRPC transport: inference.GRPCInferenceService over grpc.aio, plus grpc.health.v1.
+"""The gRPC transport: inference.GRPCInferenceService over grpc.aio, plus grpc.health.v1 and TF Serving's
+services (``gateway.tfserving.grpc_servicer``) on the same port.
 
 Each method translates protobuf to the common schema, calls the DataPlane, and maps a
 TensorGateError to its status code; nothing here knows a framework.
@@ -18,6 +19,7 @@ from gateway.grpc.generated import model_config_pb2
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
 from gateway.protocol.system_shm import SystemSharedMemory
+from gateway.tfserving.grpc_servicer import add_tfserving_services
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 CUDA_SHM_UNSUPPORTED = Unsupported(
@@ -180,7 +182,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
                        shm: SystemSharedMemory) -> grpc.aio.Server:
-    """A grpc.aio server with both services bound to ``address`` (not started).
+    """A grpc.aio server with every service bound to ``address`` (not started).
 
     ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).
     """
@@ -192,5 +194,6 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, shm), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
+    add_tfserving_services(server, plane)
     server.add_insecure_port(address)
     return server
