@@ -4,11 +4,12 @@
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
 ``runtimes/torchscript.py``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which holds
-the interpreter, its shape cache and the quantization the server applies), and times one call per batch size: the median of repeated
-calls after a warm-up. ``--inputs`` describes the model's inputs as the server states them
-(JSON: {"batched": bool, "tensors": [{"name", "datatype", "shape"}]}, shapes without the batch
-dim), and the data is generated as for the served requests (``benchmarks.inputs``). Prints
-``TGBENCH {json}``: {"framework", "threads", "batches": {size: {"median_ms", "mean_ms", "runs"}}}.
+the interpreter, its shape cache and the quantization the server applies), and times one call
+per batch size: the median of repeated calls after a warm-up. ``--inputs`` describes the
+model's inputs as the server states them (JSON: {"batched": bool, "tensors": [{"name",
+"datatype", "shape"}]}, shapes without the batch dim), and the data is generated as for the
+served requests (``benchmarks.inputs``). Prints ``TGBENCH {json}``: {"framework", "threads",
+"batches": {size: {"median_ms", "mean_ms", "runs"}}}.
 """
 
 from __future__ import annotations

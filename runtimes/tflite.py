@@ -193,8 +193,8 @@ class TFLiteAdapter(RuntimeAdapter):
             self._free.get_nowait()
 
 
-def _tensors(path: Path, interpreter: Interpreter, signature_name: Any, raw: bool) -> tuple[list[_Tensor],
-                                                                                              list[_Tensor]]:
+def _tensors(path: Path, interpreter: Interpreter, signature_name: Any,
+             raw: bool) -> tuple[list[_Tensor], list[_Tensor]]:
     """The served inputs and outputs: under the signature's keys when the model has one, else tensor names."""
     inputs = {d["index"]: d for d in interpreter.get_input_details()}
     outputs = {d["index"]: d for d in interpreter.get_output_details()}

@@ -144,7 +144,7 @@ def test_tflite_resizes_the_batch_and_checks_each_input(digits: tuple[Path, np.n
         adapter.execute({"input": x[:2]}, ["probabilities"])
     with pytest.raises(ModelLoadError, match="no signature 'predict'"):
         TFLiteAdapter(_spec(repo / "digits_tflite" / "1", "tflite", parameters={"signature_name": "predict"}))
-    with pytest.raises(ModelLoadError, match="parameters.raw_quantized is 'yes', not true or false"):
+    with pytest.raises(ModelLoadError, match=re.escape("parameters.raw_quantized is 'yes', not true or false")):
         TFLiteAdapter(_spec(repo / "digits_tflite" / "1", "tflite", parameters={"raw_quantized": "yes"}))
 
 
