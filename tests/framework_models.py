@@ -315,7 +315,7 @@ def _tflite(repo: Path, name: str, data: bytes, config: str) -> None:
 
 def _tflite_models_here(repo: Path) -> None:
     """doubling (two instances), fixed_batch (converted for batches of exactly 3), int8 (served as FP32 and raw),
-    and the broken ones: missing, garbage, truncated, contradicting their config, asking for a GPU."""
+    and the broken ones: missing, garbage, truncated, empty, contradicting their config, asking for a GPU."""
     doubling = _tflite_doubling(None)
     _tflite(repo, "doubling_tflite", doubling, "instances: {count: 2}\nparameters: {intra_op_threads: 1}\n")
     _tflite(repo, "fixed_batch_tflite", _tflite_doubling(3), "")
@@ -326,6 +326,7 @@ def _tflite_models_here(repo: Path) -> None:
     (repo / "missing_tflite" / "1").mkdir()
     _tflite(repo, "garbage_tflite", b"this is not a flatbuffer", "")
     _tflite(repo, "truncated_tflite", doubling[: len(doubling) // 2], "")
+    _tflite(repo, "empty_tflite", b"", "")
     _tflite(repo, "contradicts_tflite", doubling, "inputs: [{name: x, datatype: INT32, shape: [4]}]\n")
     _tflite(repo, "gpu_tflite", doubling, GPU)
 

@@ -60,6 +60,7 @@ BROKEN = {
     "missing_tflite": ["missing_tflite/1/model.tflite", "not found"],
     "garbage_tflite": ["garbage_tflite/1/model.tflite", "not a loadable TFLite model", "not a valid Flatbuffer"],
     "truncated_tflite": ["truncated_tflite/1/model.tflite", "not a loadable TFLite model"],
+    "empty_tflite": ["empty_tflite/1/model.tflite", "not a loadable TFLite model"],
     "contradicts_tflite": ["contradicts_tflite/1", "'x'", "FP32", "INT32"],
     "gpu_tflite": ["gpu_tflite/1/model.tflite", "device cuda:0 requested", "use device: cpu"],
 }
