@@ -307,18 +307,43 @@ def _tflite_doubling(batch: int | None, int8: bool = False) -> bytes:
     return data
 
 
-def _tflite(repo: Path, name: str, data: bytes, config: str) -> None:
+def _tflite_slow() -> bytes:
+    """``iterations`` (INT32 [1]) turns of ``x = tanh(x @ w)`` for x FP32 [64, 64], unbatched: a TFLite WHILE loop."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.constant(_loop_weights())
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="iterations"),  # type: ignore[untyped-decorator]
+                                      tf.TensorSpec([64, 64], tf.float32, name="x")])
+        def serve(self, iterations: Any, x: Any) -> dict[str, Any]:
+            _, y = tf.while_loop(lambda i, _: i < iterations[0],
+                                 lambda i, state: (i + 1, tf.tanh(tf.matmul(state, self.w))),
+                                 (tf.constant(0, tf.int32), x))
+            return {"y": y}
+
+    module = Slow()
+    data: bytes = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()],
+                                                                  module).convert()
+    return data
+
+
+def _tflite(repo: Path, name: str, data: bytes, config: str, max_batch_size: int = 8) -> None:
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     (repo / name / "1" / "model.tflite").write_bytes(data)
-    _config(repo / name, f"platform: tflite\nmax_batch_size: 8\n{config}")
+    _config(repo / name, f"platform: tflite\nmax_batch_size: {max_batch_size}\n{config}")
 
 
 def _tflite_models_here(repo: Path) -> None:
     """doubling (two instances), fixed_batch (converted for batches of exactly 3), int8 (served as FP32 and raw),
-    and the broken ones: missing, garbage, truncated, empty, contradicting their config, asking for a GPU."""
+    slow (unbatched; as many turns of work as asked), and the broken ones: missing, garbage, truncated,
+    empty, contradicting their config, asking for a GPU."""
     doubling = _tflite_doubling(None)
     _tflite(repo, "doubling_tflite", doubling, "instances: {count: 2}\nparameters: {intra_op_threads: 1}\n")
     _tflite(repo, "fixed_batch_tflite", _tflite_doubling(3), "")
+    _tflite(repo, "slow_tflite", _tflite_slow(), "", max_batch_size=0)
     int8 = _tflite_doubling(None, int8=True)
     _tflite(repo, "int8_tflite", int8, "")
     _tflite(repo, "raw_int8_tflite", int8, "parameters: {raw_quantized: true}\n")

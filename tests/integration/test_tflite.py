@@ -1,10 +1,14 @@
 """The TFLite runtime on a server of its own: dynamic and fixed batches, instances that never mix
-rows, int8 models served as FP32 or raw, and models that fail to load or requests that do not fit.
+rows, int8 models served as FP32 or raw, models that fail to load, requests that do not fit, and
+its worker killed with a request in flight.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -143,3 +147,37 @@ def test_a_request_that_does_not_fit_is_400_naming_the_input(tflite_server: Serv
             pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "input 'x'" in (info.value.details() or "")
+
+
+def _worker_pid(server: ServerProcess) -> int:
+    [pid] = [p for p in server.worker_pids() if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[3] == b"tflite"]
+    return pid
+
+
+def _slow(server: ServerProcess, iterations: int) -> httpx.Response:
+    eye = np.eye(64, dtype=np.float32).ravel().tolist()
+    return httpx.post(f"{server.http_url}/v2/models/slow_tflite/infer", timeout=60, json={"inputs": [
+        {"name": "iterations", "shape": [1], "datatype": "INT32", "data": [iterations]},
+        {"name": "x", "shape": [64, 64], "datatype": "FP32", "data": eye}]})
+
+
+def test_killed_worker_fails_in_flight_requests_and_comes_back(tflite_server: ServerProcess) -> None:
+    """kill -9 the TFLite worker while a request runs in it: the request fails at once with 503 naming
+    the model; the worker restarts, its models reload, and the next requests succeed."""
+    pid = _worker_pid(tflite_server)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(_slow, tflite_server, fm.ENDLESS)
+        time.sleep(1.0)  # the request is now executing in the worker
+        assert not in_flight.done()
+        os.kill(pid, signal.SIGKILL)
+        reply = in_flight.result()
+    assert reply.status_code == 503, reply.text
+    assert "'slow_tflite'" in reply.json()["error"] and "exited" in reply.json()["error"]
+    for model in ("slow_tflite", "doubling_tflite", "int8_tflite"):
+        tflite_server.wait_until_ready(model, timeout=60)
+    assert _worker_pid(tflite_server) != pid
+    assert _slow(tflite_server, 0).json()["outputs"][0]["data"] == np.eye(64).ravel().tolist()
+    x = _rows(3)
+    np.testing.assert_array_equal(_y(_infer(tflite_server, "doubling_tflite", x)), 2 * x)
+    metrics = httpx.get(tflite_server.metrics_url).text
+    assert 'tensorgate_worker_restarts_total{framework="tflite"} 1.0' in metrics
