@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit proto model_repo clean
+.PHONY: serve test test-tools lint typecheck unit proto model_repo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/python -m pytest -q
+# Prometheus, promtool and wrk: installed when this user may, else the exact command is printed.
+test-tools:
+	scripts/test_tools.sh
+
+# Every skipped test is reported as a failure here (TENSORGATE_NO_SKIPS, tests/conftest.py).
+test: test-tools lint typecheck
+	TENSORGATE_NO_SKIPS=1 $(BIN)/python -m pytest -q
 
 # Regenerate gateway/grpc/generated from proto/ (a test fails when they drift apart).
 proto: $(STAMP)

@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+from importlib.metadata import version
 
 import uvloop
 
@@ -12,6 +13,7 @@ from gateway.settings import SettingsError, add_serve_arguments, settings_from
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tensorgate", description="Open Inference Protocol model server")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('tensorgate')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository over REST and gRPC")
     add_serve_arguments(serve_parser)
@@ -31,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         from gateway.server import serve
 
-        configure(args.log_level)
         try:
             settings = settings_from(args)
         except SettingsError as exc:
-            parser.error(str(exc))
+            serve_parser.error(str(exc))
+        configure(settings.log_level)
         if not settings.model_repo.is_dir():
-            parser.error(f"--model-repo {settings.model_repo}: no such directory")
+            serve_parser.error(f"--model-repo {settings.model_repo}: no such directory")
         return uvloop.run(serve(settings))
     elif args.command == "bench":
         if getattr(args, "bench_missing", False):

@@ -23,14 +23,12 @@ from tests.deploy.chart_helpers import (
     FULLNAME,
     KUBE_VERSIONS,
     NAMESPACE,
-    NEEDS_MONITORING_FILES,
     ROOT,
     RULES,
     VALUE_SETS,
     by_kind,
     load_values,
     manifests,
-    monitoring_files_present,
     one,
     render,
     render_set,
@@ -40,14 +38,6 @@ from tests.deploy.chart_helpers import (
 #: Kinds of the Prometheus Operator, checked with its typed models instead of Kubernetes' schemas.
 OPERATOR_MODELS: dict[str, Any] = {"ServiceMonitor": monitoring_v1.ServiceMonitor,
                                    "PrometheusRule": monitoring_v1.PrometheusRule}
-MISSING_MONITORING_FILES = "helm/tensorgate/files/{grafana-dashboard.json,prometheus-rules.yaml} come with the " \
-                           "observability issue and are not in the chart yet"
-
-
-def _value_sets() -> list[Any]:
-    return [pytest.param(name, marks=pytest.mark.skipif(
-        name in NEEDS_MONITORING_FILES and not monitoring_files_present(), reason=MISSING_MONITORING_FILES))
-        for name in VALUE_SETS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,14 +53,14 @@ def test_the_chart_offers_the_value_sets_the_issue_asks_for() -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_helm_lints_strictly_without_findings(name: str, kube_version: str) -> None:
     report = helm.lint(CHART, load_values(name), strict=True, kube_version=f"v{kube_version}")
     assert report["total_charts_linted"] == 1
     assert report["messages"] == [] and report["errors"] == [], report
 
 
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_manifest_validates_strictly_for_both_kubernetes_versions(name: str) -> None:
     objects = render_set(name)
     assert objects
@@ -93,7 +83,7 @@ def test_the_strict_schemas_catch_a_misspelt_field(kube_version: str) -> None:
         kubernetes_validate.validate(deployment, kube_version, strict=True)
 
 
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_object_has_the_release_labels_and_namespace(name: str) -> None:
     for obj in render_set(name):
         metadata = obj["metadata"]
@@ -166,7 +156,6 @@ def test_rules_and_dashboard_are_read_from_the_chart_files(tmp_path: Path) -> No
         kubernetes_validate.validate(dashboard, version, strict=True)
 
 
-@pytest.mark.skipif(not monitoring_files_present(), reason=MISSING_MONITORING_FILES)
 def test_monitoring_renders_the_one_copy_of_the_dashboard_and_rules() -> None:
     objects = render_set("monitoring")
     for kind in ("ServiceMonitor", "PrometheusRule"):
@@ -335,8 +324,7 @@ def test_the_adapter_rules_serve_the_metric_names_the_chart_documents() -> None:
     for name in served:
         assert name in values_text
     for name in VALUE_SETS:
-        for hpa in by_kind(render_set(name), "HorizontalPodAutoscaler") if name not in NEEDS_MONITORING_FILES \
-                else []:
+        for hpa in by_kind(render_set(name), "HorizontalPodAutoscaler"):
             for metric in hpa["spec"]["metrics"]:
                 if metric["type"] == "Pods":
                     assert metric["pods"]["metric"]["name"] in served, name

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.contract import LoadModel
 from runtimes.base import InvalidInput, ModelLoadError, batch_buckets, bucket_for, pad_rows
-from tests.helpers import load_script
+from tests.helpers import MACHINE_SKIP, load_script
 
 
 def test_buckets_are_powers_of_two_or_the_preferred_sizes_and_always_reach_the_maximum() -> None:
@@ -169,7 +169,7 @@ def test_tflite_int8_quantizes_as_tflite_does(digits: tuple[Path, np.ndarray, np
     np.testing.assert_allclose(logits, reference, rtol=0, atol=2 * output.quantization[0])
 
 
-@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a GPU")
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason=MACHINE_SKIP)
 def test_asking_for_a_missing_gpu_is_a_load_error(digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
     from runtimes.jax import JaxAdapter
     from runtimes.torchscript import TorchScriptAdapter
