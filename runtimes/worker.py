@@ -77,6 +77,7 @@ ADAPTERS = {
     "torch_export": "runtimes.torch_export:TorchExportAdapter",
     "savedmodel": "runtimes.savedmodel:SavedModelAdapter",
     "jax": "runtimes.jax:JaxAdapter",
+    "tflite": "runtimes.tflite:TFLiteAdapter",
 }
 
 log = logging.getLogger("tensorgate.worker")
