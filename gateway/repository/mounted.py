@@ -16,10 +16,12 @@ of symlinks named after the InferenceService (nothing is copied; the mount stays
 Anything else stops the server before it starts, with what was mounted and what was expected.
 """
 
+import logging
 import os
 from pathlib import Path
 
 from gateway.contract import model_name_problem
+from gateway.logs import log_event
 from gateway.repository.config import Platform
 from gateway.repository.layout import CONFIG_FILE
 from gateway.repository.pbtxt import CONFIG_FILE as PBTXT_FILE
@@ -48,6 +50,9 @@ _EXPECTED = (f"one model file ({', '.join('*' + s for s in PLATFORM_OF_SUFFIX)})
              f"or a Triton repository of model folders")
 
 
+log = logging.getLogger("tensorgate.repository")
+
+
 class MountError(ValueError):
     """The mounted folder is not one model TensorGate can serve; the message says what was found and expected."""
 
@@ -64,6 +69,7 @@ def stage(mount: Path, name: str, staging: Path) -> Path:
     artefacts = [e for e in entries if e not in configs and e not in versions
                  and (_platform(e) is not None or e.name == SAVED_MODEL_PB)]
     if not configs and not versions and not artefacts and any(e.is_dir() for e in entries):
+        log_event(log, "mounted_repository", mount=mount, models=",".join(e.name for e in entries if e.is_dir()))
         return mount
     if len(configs) > 1:
         raise MountError(f"{mount}: both {CONFIG_FILE} and {PBTXT_FILE} were mounted; keep one")
@@ -85,6 +91,9 @@ def stage(mount: Path, name: str, staging: Path) -> Path:
             raise MountError(f"{mount}: a TorchScript model carries no input or output names; put a {CONFIG_FILE} "
                              f"(or {PBTXT_FILE}) with platform, max_batch_size, inputs and outputs beside it")
         (model / CONFIG_FILE).write_text(f"# {mount}, as KServe mounted it\nplatform: {platform}\n")
+    log_event(log, "mounted_model", mount=mount, model=name, platform=platform,
+              versions=",".join(sorted((p.name for p in model.iterdir() if p.is_dir()), key=int)),
+              config=configs[0].name if configs else "none")
     return staging
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests import kserve_manifests as km
-from tests.helpers import load_script
+from tests.helpers import ROOT, load_script, run_client_script
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -55,15 +56,23 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "pytorch": "pytorch_libtorch", "tensorf
              "jax": "jax_export"}
 
 
+@dataclass(frozen=True)
+class Digits:
+    """The example digits models in four formats, a few test rows, and the logits numpy computes."""
+
+    repo: Path
+    rows: np.ndarray
+    forward: Callable[[np.ndarray], np.ndarray]
+
+
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
-    """The example digits models in four formats, a few test rows, and their logits as numpy computes them."""
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     build = load_script("build_model_repo")
     repo = tmp_path_factory.mktemp("digits")
     build.build_repo(repo, formats=("onnx", "torchscript", "savedmodel", "jax"))
+    model = build.train_digits_mlp()
     x_test, _ = build.digits_test_split()
-    rows = np.asarray(x_test[:3], dtype=np.float32)
-    return repo, rows, build.numpy_forward(build.train_digits_mlp(), rows)
+    return Digits(repo, np.asarray(x_test[:3], dtype=np.float32), lambda x: build.numpy_forward(model, x))
 
 
 def _initialize(bucket: Path, mount: Path) -> None:
@@ -89,9 +98,9 @@ def start_isvc(fmt: str, digits_repo: Path, tmp_path: Path) -> tuple[ServerProce
 
 
 @pytest.fixture
-def isvc_server(request: pytest.FixtureRequest, digits: tuple[Path, np.ndarray, np.ndarray],
+def isvc_server(request: pytest.FixtureRequest, digits: Digits,
                 tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, Any]]]:
-    server, isvc = start_isvc(request.param, digits[0], tmp_path)
+    server, isvc = start_isvc(request.param, digits.repo, tmp_path)
     yield server, isvc
     assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log(), server.log()
@@ -99,10 +108,10 @@ def isvc_server(request: pytest.FixtureRequest, digits: tuple[Path, np.ndarray, 
 
 @pytest.mark.parametrize("isvc_server", list(UPLOADS), indirect=True)
 def test_kserve_layout_answers_the_v2_calls_kserve_documents(
-        isvc_server: tuple[ServerProcess, dict[str, Any]], digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
+        isvc_server: tuple[ServerProcess, dict[str, Any]], digits: Digits) -> None:
     server, isvc = isvc_server
     name, fmt = isvc["metadata"]["name"], isvc["spec"]["predictor"]["model"]["modelFormat"]["name"]
-    _, rows, expected = digits
+    rows, expected = digits.rows, digits.forward(digits.rows)
     probe = km.runtime_container(km.load(km.RUNTIME))["readinessProbe"]["httpGet"]
     assert probe["port"] == km.HTTP_PORT
     assert httpx.get(f"{server.http_url}{probe['path']}").status_code == 200
@@ -133,3 +142,32 @@ def test_kserve_layout_answers_the_v2_calls_kserve_documents(
         assert infer.model_name == name and infer.id == "42"
         np.testing.assert_allclose(np.frombuffer(infer.raw_output_contents[0], np.float32).reshape(3, 10),
                                    expected, rtol=0, atol=1e-4)
+
+
+#: KServe's Python SDK lives in a venv of its own (its pins clash with ours): `make kserve-sdk` makes it.
+KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
+
+
+def test_kserve_sdk_clients_over_rest_and_grpc(digits: Digits, tmp_path: Path) -> None:
+    """The `kserve` SDK's InferenceRESTClient and InferenceGRPCClient against the gRPC example's server:
+    health, readiness, metadata, and infer with JSON and binary tensors over both protocols."""
+    if not KSERVE_PYTHON.exists():
+        pytest.fail(f"{KSERVE_PYTHON} is missing: run `make kserve-sdk` (the KServe SDK's own venv)")
+    server, isvc = start_isvc("onnx-grpc", digits.repo, tmp_path)
+    try:
+        name = isvc["metadata"]["name"]
+        result = run_client_script(Path(__file__).with_name("kserve_sdk_checks.py"), server.http_url,
+                                   server.grpc_address, name, python=str(KSERVE_PYTHON))
+    finally:
+        assert server.stop() == 0, server.log()
+    expected = digits.forward(np.array(result["rows"], dtype=np.float32))
+    for protocol in ("rest", "grpc"):
+        checks = result[protocol]
+        assert checks["live"] and checks["ready"] and checks["model_ready"], checks
+        for binary in (False, True):
+            answer = checks[f"infer_binary_{binary}"]
+            assert answer["id"] == f"sdk-{int(binary)}" and answer["model_name"] == name, answer
+            np.testing.assert_allclose(np.array(answer["logits"]), expected, rtol=0, atol=1e-4)
+    assert result["grpc"]["metadata"] == {"name": name, "platform": "onnxruntime_onnx",
+                                          "inputs": [["input", "FP32", [-1, 64]]],
+                                          "outputs": [["logits", "FP32", [-1, 10]]]}
