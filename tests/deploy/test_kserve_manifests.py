@@ -81,8 +81,8 @@ def test_the_runtime_serves_kserves_formats_and_protocols_from_mnt_models() -> N
     formats = {f["name"]: f for f in spec["supportedModelFormats"]}
     assert set(formats) == {"onnx", "pytorch", "tensorflow", "jax"}
     assert spec["protocolVersions"] == ["v2", "grpc-v2"]
-    # Formats that KServe's own runtimes serve carry no priority, so Triton (1), TF Serving and TorchServe (2)
-    # stay the ones KServe picks where installed; jax has no other runtime.
+    # Formats that KServe's own runtimes serve carry no priority, so Triton (1) and TorchServe (2) stay the
+    # ones KServe picks where installed; jax has no other runtime.
     assert all(f["autoSelect"] for f in formats.values())
     assert [name for name, f in formats.items() if "priority" in f] == ["jax"]
     container = km.runtime_container({"spec": spec})
