@@ -45,9 +45,14 @@ def main(argv: list[str] | None = None) -> int:
             serve_parser.error(f"--model-repo {settings.model_repo}: no such directory")
         if not settings.model_name:
             return uvloop.run(serve(settings))
-        with tempfile.TemporaryDirectory(prefix="tensorgate-mounted-") as staging:
+        try:
+            staging = tempfile.TemporaryDirectory(prefix="tensorgate-mounted-")
+        except OSError as exc:
+            serve_parser.error(f"--model-name: no writable temporary folder for the model's links ({exc}); "
+                               f"mount an emptyDir at /tmp or set TMPDIR")
+        with staging:
             try:
-                repo = stage(settings.model_repo, settings.model_name, Path(staging))
+                repo = stage(settings.model_repo, settings.model_name, Path(staging.name))
             except MountError as exc:
                 serve_parser.error(str(exc))
             return uvloop.run(serve(settings.model_copy(update={"model_repo": repo})))
