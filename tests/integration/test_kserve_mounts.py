@@ -66,13 +66,12 @@ class Digits:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+def digits(shared_repo: Path) -> Digits:
+    """The shared test repository's digits models (the example repository's, built once per session)."""
     build = load_script("build_model_repo")
-    repo = tmp_path_factory.mktemp("digits")
-    build.build_repo(repo, formats=("onnx", "torchscript", "savedmodel", "jax"))
     model = build.train_digits_mlp()
     x_test, _ = build.digits_test_split()
-    return Digits(repo, np.asarray(x_test[:3], dtype=np.float32), lambda x: build.numpy_forward(model, x))
+    return Digits(shared_repo, np.asarray(x_test[:3], dtype=np.float32), lambda x: build.numpy_forward(model, x))
 
 
 def _initialize(bucket: Path, mount: Path) -> None:
