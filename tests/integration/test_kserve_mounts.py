@@ -89,11 +89,16 @@ def start_isvc(fmt: str, digits_repo: Path, tmp_path: Path) -> tuple[ServerProce
     UPLOADS[fmt.removesuffix("-grpc")](digits_repo, bucket)
     mount = tmp_path / "mnt-models"
     _initialize(bucket, mount)
+    return _start(isvc, mount), isvc
+
+
+def _start(isvc: dict[str, Any], mount: Path) -> ServerProcess:
+    """The server started with the runtime's args for ``isvc``, on ``mount`` and free loopback ports."""
     server = ServerProcess(mount)
     ports = {km.HTTP_PORT: server.http_port, km.GRPC_PORT: server.grpc_port, km.METRICS_PORT: server.metrics_port}
     server.extra_args = km.container_args(isvc, mount, ports)
     server.start(timeout=120)
-    return server, isvc
+    return server
 
 
 @pytest.fixture
@@ -170,3 +175,25 @@ def test_kserve_sdk_clients_over_rest_and_grpc(digits: Digits, tmp_path: Path) -
     assert result["grpc"]["metadata"] == {"name": name, "platform": "onnxruntime_onnx",
                                           "inputs": [["input", "FP32", [-1, 64]]],
                                           "outputs": [["logits", "FP32", [-1, 10]]]}
+
+
+def test_a_triton_repository_storage_uri_is_served_as_a_repository(digits: Digits, tmp_path: Path) -> None:
+    """A storageUri pointing at a Triton-style repository (model folders with config and versions), as
+    KServe's Triton runtime expects: every folder is served under its own name, as Triton serves it."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    shutil.copytree(digits.repo / "digits_onnx", bucket / "digits_onnx")
+    mount = tmp_path / "mnt-models"
+    _initialize(bucket, mount)
+    server = _start(km.load(km.INFERENCE_SERVICES["onnx"]), mount)
+    try:
+        assert httpx.get(f"{server.http_url}/v2/health/ready").status_code == 200
+        tensor = {"name": "input", "shape": [3, 64], "datatype": "FP32", "data": digits.rows.ravel().tolist()}
+        body = {"inputs": [tensor]}
+        reply = httpx.post(f"{server.http_url}/v2/models/digits_onnx/infer", json=body)
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(np.array(reply.json()["outputs"][0]["data"]).reshape(3, 10),
+                                   digits.forward(digits.rows), rtol=0, atol=1e-4)
+        assert "event=mounted_repository" in server.log() and "models=digits_onnx" in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
