@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_by_name=True)
 
     model_repo: Path = Field(Path("model_repo"), description="model repository folder")
+    model_name: str = Field(
+        "", description="serve --model-repo as this one model: a folder as KServe's storage initializer mounts "
+                        "it at /mnt/models (a model file, a SavedModel, or version folders; a Triton repository "
+                        "is served as it is); see docs/kserve.md")
     host: str = Field("127.0.0.1", description="address to listen on")
     http_port: Port = Field(8000, description="REST port")
     grpc_port: Port = Field(8001, description="gRPC port")
@@ -129,7 +133,7 @@ class SettingsError(ValueError):
 #: Flags spelled otherwise than their field, and how argparse gathers them.
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
-_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}"}
+_METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}"}
 
 
 def flag_name(field: str) -> str:
