@@ -40,6 +40,7 @@ from gateway.metrics import RequestMetrics
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
+from gateway.rest.health_port import health_server
 from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
@@ -62,6 +63,7 @@ class Frontend:
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
                                InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
+        self.health = health_server(self.plane) if settings.health_port else None
         files = TlsFiles.from_settings(settings)
         self.tls = None if files is None else FrontendTls(files)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
@@ -115,6 +117,8 @@ class Frontend:
                               tls=None if self.tls is None else self.tls.rest.context)
         if self.tls is not None:
             self.tls.watcher.start()
+        if self.health is not None:
+            await self.health.start(settings.host, settings.health_port, reuse_port=True)
         # What start-up allocated lives for good: out of the collector's way, so a full collection
         # never stalls the loop for tens of milliseconds under load (the old REST p99 tail).
         gc.collect()
@@ -125,7 +129,10 @@ class Frontend:
         grace = await self._stop
         if self.tls is not None:
             await self.tls.watcher.stop()
-        await asyncio.gather(self.rest.close(grace), self.grpc.stop(grace=grace))
+        closing = [self.rest.close(grace), self.grpc.stop(grace=grace)]
+        if self.health is not None:
+            closing.append(self.health.close(grace))
+        await asyncio.gather(*closing)
 
 
 async def _main(control_fd: int, settings: Settings) -> None:

@@ -215,6 +215,8 @@ async def serve(settings: Settings) -> int:
         tls = None if tls_files is None else load(tls_files)  # before any child starts: one clear refusal
         check_port_free(settings.host, settings.http_port, "the REST")
         check_port_free(settings.host, settings.grpc_port, "the gRPC")
+        if settings.health_port:
+            check_port_free(settings.host, settings.health_port, "the health")
     except (PortInUse, TlsError) as exc:
         log_event(log, "startup_failed", level=logging.ERROR, reason=str(exc))
         return 1
@@ -256,7 +258,8 @@ async def serve(settings: Settings) -> int:
         metrics_server, metrics_tls = _metrics_server(supervisor, tls_files, tls)
         metrics_task = asyncio.create_task(metrics_server.serve())
     log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,
-              metrics_port=settings.metrics_port, frontends=settings.frontends, tls=tls is not None,
+              metrics_port=settings.metrics_port, health_port=settings.health_port, frontends=settings.frontends,
+              tls=tls is not None,
               mtls=settings.tls_client_ca is not None)
 
     await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)

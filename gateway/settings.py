@@ -108,12 +108,23 @@ class Settings(BaseSettings):
         description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
                     "variable takes a comma-separated list)")
 
+    health_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0, description="a plain-HTTP port answering GET /v2/health/live and /v2/health/ready only, for probes "
+                       "that cannot present a client certificate under --tls-client-ca (0: off)")
     tls_cert: OptionalFile = Field(
         None, description="PEM certificate (leaf first, then intermediates): TLS on the REST, gRPC and metrics "
                           "ports, reloaded when the file changes (docs/tls.md)")
     tls_key: OptionalFile = Field(None, description="unencrypted PEM private key of --tls-cert")
     tls_client_ca: OptionalFile = Field(
         None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
+
+    @model_validator(mode="after")
+    def _health_port_is_its_own(self) -> "Settings":
+        others = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        for flag, port in others.items():
+            if self.health_port and self.health_port == port:
+                raise ValueError(f"--health-port {port} is already {flag}: give the health port a port of its own")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> "Settings":

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from cryptography import x509
 
+from benchmarks.server import free_port
 from tests import model_factory
 from tests.helpers import run_client_script
 from tests.server import ServerProcess
@@ -70,9 +71,14 @@ def tls_server(repo: Path, pki: Pki) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def mtls_server(repo: Path, pki: Pki) -> Iterator[ServerProcess]:
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def mtls_server(repo: Path, pki: Pki, health_port: int) -> Iterator[ServerProcess]:
     yield from _serve(repo, "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
-                      "--tls-client-ca", str(pki.ca.cert))
+                      "--tls-client-ca", str(pki.ca.cert), "--health-port", str(health_port))
 
 
 def client_context(pki: Pki, pair: Issued | None = None) -> ssl.SSLContext:
@@ -259,3 +265,18 @@ def test_httpx_and_metrics_with_a_client_certificate(mtls_server: ServerProcess,
     for port in (mtls_server.http_port, mtls_server.metrics_port):
         with pytest.raises(httpx.TransportError):
             httpx.get(https(mtls_server, "/v2/health/ready", port), verify=client_context(pki))
+
+
+def test_the_health_port_answers_probes_in_clear_text(mtls_server: ServerProcess, health_port: int) -> None:
+    """What a kubelet probe, which has no client certificate, can reach under mTLS: health and nothing else."""
+    base = f"http://127.0.0.1:{health_port}"
+    with httpx.Client() as client:  # one kept-alive connection, as the probes of one pod
+        assert client.get(f"{base}/v2/health/live").json() == {"live": True}
+        ready = client.get(f"{base}/v2/health/ready")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        for path in ("/v2", "/v2/models/flat_identity", "/metrics", "/v2/models/flat_identity/ready"):
+            response = client.get(f"{base}{path}")
+            assert response.status_code == 404 and "health port" in response.json()["error"], path
+        infer = client.post(f"{base}/v2/models/flat_identity/infer", json={"inputs": []})
+        assert infer.status_code == 404 and "infer on the REST port" in infer.json()["error"]
+        assert client.post(f"{base}/v2/health/ready").status_code == 405
