@@ -607,10 +607,12 @@ class _Connection(asyncio.Protocol):
     def _close(self, linger: bool) -> None:
         transport = self._transport()
         self.stopped = True
-        if linger and transport.can_write_eof():
-            # Send the answer and FIN; keep reading (and dropping) for a moment so the
-            # client's unsent body does not turn our close into a reset that eats the answer.
-            transport.write_eof()
+        if linger:
+            # Send the answer (and FIN, where the transport can half-close: TLS cannot); keep
+            # reading (and dropping) for a moment so the client's unsent body does not turn our
+            # close into a reset that eats the answer.
+            if transport.can_write_eof():
+                transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport_close)
         else:
             transport.close()

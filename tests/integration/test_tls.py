@@ -163,6 +163,27 @@ def test_keep_alive_large_bodies_and_the_binary_fast_path(tls_server: ServerProc
         assert len(ports) == 1, "every request went over the one kept-alive TLS connection"
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_gets_413_over_tls(tls_server: ServerProcess, pki: Pki, framing: str) -> None:
+    """The answer arrives although the body was still coming when the server refused it."""
+    limit = 128 * 1024 * 1024
+    head = (b"POST /v2/models/flat_identity/infer HTTP/1.1\r\nhost: x\r\n"
+            + (b"content-length: %d\r\n\r\n" % (limit + 1) if framing == "content-length"
+               else b"transfer-encoding: chunked\r\n\r\n"))
+    chunk = b"x" * (1024 * 1024)
+    answer = b""
+    with client_context(pki).wrap_socket(socket.create_connection(("127.0.0.1", tls_server.http_port), timeout=60),
+                                         server_hostname="127.0.0.1") as sock:
+        sock.sendall(head)
+        # Declared: refused at the head, then 8 MiB more arrive. Chunked: refused once past the limit.
+        for _ in range(8 if framing == "content-length" else limit // len(chunk) + 1):
+            sock.sendall(chunk if framing == "content-length" else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in answer
+
+
 def test_tls_1_2_clients_are_served(tls_server: ServerProcess, pki: Pki) -> None:
     context = client_context(pki)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
