@@ -40,6 +40,8 @@ log = logging.getLogger("tensorgate.tls")
 #: Seconds between two reads of the certificate files.
 POLL_S = 2.0
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+#: TLS 1.2 suites: forward secrecy and AEAD only (Mozilla's "intermediate" list); TLS 1.3's are all AEAD.
+TLS12_CIPHERS = "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL"
 
 
 class TlsError(Exception):
@@ -156,11 +158,12 @@ def _memory_file(data: bytes) -> Iterator[str]:
 
 
 def server_context(material: TlsMaterial, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or newer, Python's default ciphers, no renegotiation; client
-    certificates required and verified against the client CA when there is one (and then only it:
-    no system CAs)."""
+    """A server context: TLS 1.2 or newer, forward-secret AEAD suites, no renegotiation or
+    compression; client certificates required and verified against the client CA when there is one
+    (and then only it: no system CAs)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_RENEGOTIATION
     with _memory_file(material.cert_pem) as cert, _memory_file(material.key_pem) as key:
         context.load_cert_chain(cert, key)

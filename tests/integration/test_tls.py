@@ -193,6 +193,23 @@ def test_tls_1_2_clients_are_served(tls_server: ServerProcess, pki: Pki) -> None
         assert response.extensions["network_stream"].get_extra_info("ssl_object").version() == "TLSv1.2"
 
 
+def test_tls_1_2_without_forward_secrecy_or_aead_is_refused(tls_server: ServerProcess, pki: Pki) -> None:
+    for port in (tls_server.http_port, tls_server.metrics_port):
+        for cipher in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"):  # CBC: not served
+            context = client_context(pki)
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(cipher)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, pytest.raises(ssl.SSLError):
+                context.wrap_socket(sock, server_hostname="127.0.0.1")
+        context = client_context(pki)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, \
+                context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            cipher = tls.cipher()
+            assert cipher is not None and cipher[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
 def test_redirects_name_https(tls_server: ServerProcess, pki: Pki) -> None:
     """The ASGI scope says https, so the app's own URLs do too."""
     with httpx.Client(verify=client_context(pki)) as client:
