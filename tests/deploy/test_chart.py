@@ -494,6 +494,12 @@ def test_mtls_probes_use_the_plain_health_port_kept_out_of_the_service() -> None
     assert "load_cert_chain" in test_pod["spec"]["containers"][0]["command"][2]
 
 
+def test_notes_name_https_under_tls() -> None:
+    notes = render(load_values("mtls"))["tensorgate/templates/NOTES.txt"]
+    assert f"https://{FULLNAME}.{NAMESPACE}.svc:8000/v2" in notes and "--cert client.crt" in notes
+    assert "https://" not in render(None)["tensorgate/templates/NOTES.txt"]
+
+
 def test_the_client_ca_defaults_to_the_tls_secrets_ca() -> None:
     objects = manifests(render({"tls": {"enabled": True, "secretName": "tg-tls", "clientAuth": {"enabled": True}}}))
     container = server_container(objects)

@@ -206,8 +206,8 @@ def test_tls_1_2_without_forward_secrecy_or_aead_is_refused(tls_server: ServerPr
         context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, \
                 context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
-            cipher = tls.cipher()
-            assert cipher is not None and cipher[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+            negotiated = tls.cipher()
+            assert negotiated is not None and negotiated[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
 
 
 def test_redirects_name_https(tls_server: ServerProcess, pki: Pki) -> None:
