@@ -50,7 +50,7 @@ class TlsError(Exception):
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """Where the PEM files are, each with the flag that named it (for messages)."""
+    """Where the PEM files are, as the settings give them: symlinks are followed at every read."""
 
     cert: Path
     key: Path
