@@ -56,9 +56,14 @@ def _names(value: object) -> object:
     return value
 
 
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Choice = BeforeValidator(_lowercase)
+OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none)]
 
 
 class Settings(BaseSettings):
@@ -107,6 +112,33 @@ class Settings(BaseSettings):
         description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
                     "variable takes a comma-separated list)")
 
+    health_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0, description="a plain-HTTP port answering GET /v2/health/live and /v2/health/ready only, for probes "
+                       "that cannot present a client certificate under --tls-client-ca (0: off)")
+    tls_cert: OptionalFile = Field(
+        None, description="PEM certificate (leaf first, then intermediates): TLS on the REST, gRPC and metrics "
+                          "ports, reloaded when the file changes (docs/tls.md)")
+    tls_key: OptionalFile = Field(None, description="unencrypted PEM private key of --tls-cert")
+    tls_client_ca: OptionalFile = Field(
+        None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
+
+    @model_validator(mode="after")
+    def _health_port_is_its_own(self) -> "Settings":
+        others = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        for flag, port in others.items():
+            if self.health_port and self.health_port == port:
+                raise ValueError(f"--health-port {port} is already {flag}: give the health port a port of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise ValueError(f"{given} needs {missing} as well (a certificate and its private key go together)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        return self
+
     @model_validator(mode="after")
     def _load_models_fit_the_mode(self) -> "Settings":
         if self.load_models and self.model_control_mode != "explicit":
@@ -133,7 +165,8 @@ class SettingsError(ValueError):
 #: Flags spelled otherwise than their field, and how argparse gathers them.
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
-_METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}"}
+_METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE"}
 
 
 def flag_name(field: str) -> str:
@@ -158,7 +191,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _shown(default: Any) -> str:
     if isinstance(default, bool):
         return str(default).lower()
-    return str(default) if default not in ((), "") else "none"
+    return str(default) if default not in ((), "", None) else "none"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -180,11 +180,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
-                       shm: SystemSharedMemory) -> grpc.aio.Server:
+def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
+                       credentials: grpc.ServerCredentials | None = None) -> grpc.aio.Server:
     """A grpc.aio server with every service bound to ``address`` (not started).
 
-    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).
+    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
+    ``credentials``: TLS (see ``gateway.tls``), else plaintext.
     """
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -195,5 +196,8 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, shm), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
     add_tfserving_services(server, plane)
-    server.add_insecure_port(address)
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     return server

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -166,6 +167,8 @@ class HttpServer:
         self.max_request_bytes = max_request_bytes
         self.keep_alive_s = keep_alive_s
         self.closing = False
+        #: The ASGI scope's scheme: "https" once ``start`` is given a TLS context.
+        self.scheme = "http"
         self.now = 0.0
         #: ``date: ...\r\n``, refreshed by the ticker once a second.
         self.date_header = b""
@@ -178,11 +181,13 @@ class HttpServer:
         self._drained: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
-        """Listen on ``host:port`` (``reuse_port``: SO_REUSEPORT, for several processes on one port)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (``reuse_port``: SO_REUSEPORT, for several processes on one port;
+        ``tls``: HTTPS, the handshake done by the event loop's TLS transport before any byte reaches us)."""
         self._loop = loop = asyncio.get_running_loop()
         self._tick()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port,
+        self.scheme = "http" if tls is None else "https"
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, ssl=tls,
                                                 reuse_port=reuse_port, backlog=2048)
 
     @property
@@ -602,10 +607,12 @@ class _Connection(asyncio.Protocol):
     def _close(self, linger: bool) -> None:
         transport = self._transport()
         self.stopped = True
-        if linger and transport.can_write_eof():
-            # Send the answer and FIN; keep reading (and dropping) for a moment so the
-            # client's unsent body does not turn our close into a reset that eats the answer.
-            transport.write_eof()
+        if linger:
+            # Send the answer (and FIN, where the transport can half-close: TLS cannot); keep
+            # reading (and dropping) for a moment so the client's unsent body does not turn our
+            # close into a reset that eats the answer.
+            if transport.can_write_eof():
+                transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport_close)
         else:
             transport.close()
@@ -656,7 +663,7 @@ class _Cycle:
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": request.http_version,
             "method": request.method.decode("latin-1"),
-            "scheme": "http",
+            "scheme": self.conn.server.scheme,
             "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
             "query_string": query,

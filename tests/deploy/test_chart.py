@@ -407,6 +407,11 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "at '/podDisruptionBudget/minAvailable'"),
     ({"ingress": {"hosts": [{"host": "a", "paths": [{"path": "/", "pathtype": "Prefix"}]}]}},
      "additional properties 'pathtype' not allowed"),
+    ({"tls": {"enabled": "yes"}}, "at '/tls/enabled': got string, want boolean"),
+    ({"tls": {"secretname": "tg-tls"}}, "at '/tls': additional properties 'secretname' not allowed"),
+    ({"tls": {"secretName": "TG_TLS"}}, "at '/tls/secretName'"),
+    ({"tls": {"clientAuth": {"key": ""}}}, "at '/tls/clientAuth/key'"),
+    ({"server": {"ports": {"health": 0}}}, "at '/server/ports/health'"),
 ])
 def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str, Any], message: str) -> None:
     with helm.Chart.load(CHART) as chart:
@@ -428,9 +433,82 @@ def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str,
      "terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (35)"),
     ({"autoscaling": {"cpu": {"enabled": False}}}, "autoscaling.enabled needs autoscaling.cpu.enabled"),
     ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "autoscaling.minReplicas (5) is above"),
+    ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled"),
+    ({"tls": {"clientAuth": {"enabled": True}}}, "tls.clientAuth.enabled needs tls.enabled"),
+    ({"tls": {"enabled": True, "secretName": "tg-tls", "clientAuth": {"enabled": True}},
+      "monitoring": {"serviceMonitor": {"enabled": True}}},
+     "monitoring.serviceMonitor.tlsConfig needs cert and keySecret"),
 ])
 def test_inconsistent_values_fail_the_render_with_a_message_naming_the_key(values: dict[str, Any],
                                                                            message: str) -> None:
     with pytest.raises(helm.HelmRenderError) as error:
         render(values)
     assert message in str(error.value)
+
+
+# --- TLS -------------------------------------------------------------------------------------------------------
+
+
+def _volume(objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], name: str) -> dict[str, Any]:
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volume: dict[str, Any] = next(v for v in volumes if v["name"] == name)
+    return volume
+
+
+def test_tls_comes_from_a_secret_mounted_whole_and_read_only() -> None:
+    """Whole-volume mounts are what the kubelet updates when cert-manager renews the Secret (a
+    subPath mount never changes), so the server's reload sees the new files."""
+    objects = render_set("tls")
+    container = server_container(objects)
+    assert {"--tls-cert=/etc/tensorgate/tls/tls.crt", "--tls-key=/etc/tensorgate/tls/tls.key"} <= set(container["args"])
+    assert not any(a.startswith(("--tls-client-ca", "--health-port")) for a in container["args"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/tensorgate/tls", "readOnly": True}
+    assert _volume(objects, "tls")["secret"] == {"secretName": "tensorgate-tls", "defaultMode": 0o440}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http" and container[probe]["httpGet"]["scheme"] == "HTTPS"
+    service = {p["name"]: p for p in one(objects, "Service")["spec"]["ports"]}
+    assert (service["http"]["appProtocol"], service["metrics"]["appProtocol"]) == ("https", "https")
+    assert "appProtocol" not in service["grpc"]  # h2c would be wrong: gRPC over TLS
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": "tensorgate-tls", "key": "ca.crt"}},
+                                     "serverName": f"{FULLNAME}.{NAMESPACE}.svc"}
+
+
+def test_mtls_probes_use_the_plain_health_port_kept_out_of_the_service() -> None:
+    objects = render_set("mtls")
+    container = server_container(objects)
+    assert {"--tls-client-ca=/etc/tensorgate/client-ca/ca.crt", "--health-port=8003"} <= set(container["args"])
+    assert {"name": "health", "containerPort": 8003, "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "health" and "scheme" not in container[probe]["httpGet"]
+    assert "health" not in {p["name"] for p in one(objects, "Service")["spec"]["ports"]}
+    assert _volume(objects, "tls-client-ca")["secret"]["secretName"] == "tensorgate-client-ca"
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["tlsConfig"]["keySecret"] == {"name": "prometheus-client", "key": "tls.key"}
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "tensorgate-tls", "key": "ca.crt"}}
+    test_pod = next(o for o in objects if o["kind"] == "Pod")
+    volumes = {v["name"]: v["secret"]["secretName"] for v in test_pod["spec"]["volumes"]}
+    assert volumes == {"tls": "tensorgate-tls", "test-client": "tensorgate-test-client"}
+    assert "load_cert_chain" in test_pod["spec"]["containers"][0]["command"][2]
+
+
+def test_notes_name_https_under_tls() -> None:
+    notes = render(load_values("mtls"))["tensorgate/templates/NOTES.txt"]
+    assert f"https://{FULLNAME}.{NAMESPACE}.svc:8000/v2" in notes and "--cert client.crt" in notes
+    assert "https://" not in render(None)["tensorgate/templates/NOTES.txt"]
+
+
+def test_the_client_ca_defaults_to_the_tls_secrets_ca() -> None:
+    objects = manifests(render({"tls": {"enabled": True, "secretName": "tg-tls", "clientAuth": {"enabled": True}}}))
+    container = server_container(objects)
+    assert "--tls-client-ca=/etc/tensorgate/tls/ca.crt" in container["args"]
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert "tls-client-ca" not in {v["name"] for v in volumes}
+
+
+def test_without_tls_nothing_changes() -> None:
+    container = server_container(render_set("defaults"))
+    assert not any(a.startswith(("--tls", "--health-port")) for a in container["args"])
+    assert "tls" not in {m["name"] for m in container["volumeMounts"]}
