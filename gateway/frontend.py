@@ -28,6 +28,7 @@ from gateway.contract import (
     IndexRequest,
     LoadRequest,
     ModelTable,
+    ProcessSnapshot,
     RepositoryReply,
     SharedMemoryRegions,
     Stop,
@@ -37,6 +38,7 @@ from gateway.dataplane import DataPlane, WorkerLinks
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import configure
 from gateway.metrics import RequestMetrics
+from gateway.process_metrics import own_families
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
@@ -74,6 +76,8 @@ class Frontend:
             self.shm.apply(body.registrations)
         elif isinstance(body, FrontendSnapshot):
             return self._state()
+        elif isinstance(body, ProcessSnapshot):
+            return own_families()
         elif isinstance(body, Drain):
             self.plane.draining = True
             return self._state()  # counted at the moment the drain began
@@ -127,7 +131,7 @@ async def _main(control_fd: int, settings: Settings) -> None:
 def main(argv: list[str]) -> int:
     index, settings, control_fd = int(argv[0]), Settings.from_json(argv[1]), int(argv[2])
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    configure(settings.log_level, f"frontend-{index}")
+    configure(settings.log_level, settings.log_format, f"frontend-{index}")
     uvloop.run(_main(control_fd, settings))
     return 0
 
