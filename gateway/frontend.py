@@ -21,6 +21,7 @@ from typing import Any
 
 import uvloop
 
+from gateway.access_log import AccessLog
 from gateway.contract import (
     Drain,
     FrontendSnapshot,
@@ -61,10 +62,12 @@ class Frontend:
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
         self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        access = AccessLog() if settings.access_log else None
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
-                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
+                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30,
+                               access_log=access)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
-                                       self.shm)
+                                       self.shm, access)
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
