@@ -396,6 +396,7 @@ async def _serve(control_fd: int, framework: str, address: str) -> None:
     _, control = await loop.create_unix_connection(lambda: Peer(host.handle_control),
                                                    sock=socket.socket(fileno=control_fd))
     DataListener(host, address)
+    log_event(log, "worker_serving", level=logging.DEBUG, framework=framework, pid=os.getpid())
     await control.closed.wait()
 
 
