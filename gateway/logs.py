@@ -10,6 +10,7 @@ traceback never spreads over lines that a log shipper would split into events.
 """
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -38,13 +39,16 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
         logger.log(level, _Event(event, fields))
 
 
+#: A value holding any of these (or empty) is quoted.
+_NEEDS_QUOTES = re.compile(r'[\s="\\]|^$')
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def _value(value: Any) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    if not text or any(c in text for c in ' ="\n\r\t\\'):
-        escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-                   .replace("\t", "\\t"))
-        return '"' + escaped + '"'
-    return text
+    if _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def rfc3339(created: float) -> str:
@@ -86,6 +90,8 @@ def configure(level: str, log_format: str = "text", process: str = "supervisor")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LineFormatter(process, log_format))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # What no line shows is not gathered per record (the logging HOWTO's "Optimization").
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.captureWarnings(True)
     log = logging.getLogger("tensorgate.uncaught")
 
