@@ -39,14 +39,13 @@ def trace_id(traceparent: str | bytes | None) -> str:
     return "" if trace == "0" * 32 else trace
 
 def model_of_path(path: str) -> tuple[str, str]:
-    """(model, version) of a ``/v2/models/{m}[/versions/{v}]...`` path, else ("", "")."""
-    if not path.startswith("/v2/models/"):
-        return "", ""
-    parts = path[11:].split("/")
-    if len(parts) >= 3 and parts[1] == "versions":
-        return parts[0], parts[2]
-    return parts[0], ""
-
+    """(model, version) of a ``/v2/models/{m}[/versions/{v}]...`` or ``/v2/repository/models/{m}/...``
+    path, else ("", "")."""
+    for prefix in ("/v2/models/", "/v2/repository/models/"):
+        if path.startswith(prefix):
+            parts = path[len(prefix):].split("/")
+            return parts[0], parts[2] if len(parts) >= 3 and parts[1] == "versions" else ""
+    return "", ""
 
 class AccessLog:
     """Writes the access lines of one frontend."""
