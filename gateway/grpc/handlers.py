@@ -115,7 +115,9 @@ class _Logged:
             return
         context, request = self.context, self.request
         metadata: Mapping[str, Any] = dict(context.invocation_metadata() or ())
-        model = getattr(request, "model_name", "") or getattr(request, "name", "")
+        # ``name`` is the model's in ModelReady, ModelMetadata, ModelConfig and ModelStatistics only.
+        model = getattr(request, "model_name", "") or (getattr(request, "name", "") if self.method.startswith("Model")
+                                                        else "")
         version = getattr(self.reply, "model_version", "") or getattr(request, "model_version", "") or \
             getattr(request, "version", "")
         self.access.request("grpc", self.method, model, version, _status(context, failure),

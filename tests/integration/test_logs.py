@@ -126,6 +126,8 @@ def _traffic(server: ServerProcess) -> None:
                                                        contents=pb.InferTensorContents(fp32_contents=[1, 2, 3, 4]))
         stub.ModelInfer(pb.ModelInferRequest(model_name="delay", id="grpc-1", inputs=[tensor]),
                         metadata=[("traceparent", TRACEPARENT), ("authorization", SECRET)], timeout=60)
+        with pytest.raises(grpc.RpcError):  # a region's name is no model's
+            stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="region-9"), timeout=60)
         call = stub.ModelInfer.future(_slow_grpc_request())
         time.sleep(1.0)
         call.cancel()
@@ -265,6 +267,8 @@ def test_access_lines(kind: str, request: pytest.FixtureRequest) -> None:
     assert grpc_line["trace_id"] == TRACE_ID and "127.0.0.1" in grpc_line["client"]
     assert _access(lines, endpoint="/v2/models/delay/versions/1", model="delay", version="1", status="200")
     assert _access(lines, endpoint="/v2/models/nope/infer", model="nope", status="404", trace_id="")
+    [region] = _access(lines, protocol="grpc", endpoint="SystemSharedMemoryStatus")
+    assert (region["model"], region["status"]) == ("", "INVALID_ARGUMENT")  # no such region
     assert len(_access(lines, protocol="rest", model="slow", status="499")) == 1
     assert len(_access(lines, protocol="rest", model="delay", status="499")) >= 1  # hung up mid-body
     assert len(_access(lines, protocol="grpc", model="slow", status="CANCELLED")) == 2
