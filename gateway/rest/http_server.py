@@ -640,8 +640,9 @@ class _Connection(asyncio.Protocol):
             model, named_version = model_of_path(path)
         traceparent = next((value for name, value in request.headers if name.lower() == b"traceparent"), None)
         client, _ = self.client_server()
-        access.request("rest", path, model, version or named_version, status, time.monotonic() - request.started,
-                       request_id, f"{client[0]}:{client[1]}" if client else "", trace_id(traceparent))
+        seconds = time.monotonic() - request.started if request.started else 0.0  # 0: refused before it began
+        access.request("rest", path, model, version or named_version, status, seconds, request_id,
+                       f"{client[0]}:{client[1]}" if client else "", trace_id(traceparent))
 
     def client_server(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
         if self._local is None and self.transport is not None:

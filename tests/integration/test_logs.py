@@ -117,6 +117,9 @@ def _traffic(server: ServerProcess) -> None:
     # A client that hangs up mid-body (REST), and one that gives up while its request computes.
     _hang_up(server.http_port, b"POST /v2/models/delay/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{",
              0.2)
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:  # not HTTP at all
+        sock.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
     body = _slow_rest_body()
     head = b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
     _hang_up(server.http_port, head + body, 1.0)
@@ -267,6 +270,7 @@ def test_access_lines(kind: str, request: pytest.FixtureRequest) -> None:
     assert grpc_line["trace_id"] == TRACE_ID and "127.0.0.1" in grpc_line["client"]
     assert _access(lines, endpoint="/v2/models/delay/versions/1", model="delay", version="1", status="200")
     assert _access(lines, endpoint="/v2/models/nope/infer", model="nope", status="404", trace_id="")
+    assert _access(lines, protocol="rest", status="400", model="", request_id="")  # malformed HTTP
     [region] = _access(lines, protocol="grpc", endpoint="SystemSharedMemoryStatus")
     assert (region["model"], region["status"]) == ("", "INVALID_ARGUMENT")  # no such region
     assert len(_access(lines, protocol="rest", model="slow", status="499")) == 1
