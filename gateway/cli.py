@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings_from(args)
         except SettingsError as exc:
             serve_parser.error(str(exc))
-        configure(settings.log_level)
+        configure(settings.log_level, settings.log_format)
         if not settings.model_repo.is_dir():
             serve_parser.error(f"--model-repo {settings.model_repo}: no such directory")
         if not settings.model_name:

@@ -284,6 +284,12 @@ class DataPlane:
                 self.links.failed(model.framework, counted_here, elapsed)
             self.metrics.observe_request(name, version, protocol, _outcome(exc), elapsed / 1e9)
             raise
+        except asyncio.CancelledError:
+            # The client hung up (or its gRPC deadline passed): not a server error, and already
+            # out of the queue (the link cancelled it there).
+            self.metrics.observe_request(name, version, protocol, "cancelled", (time.monotonic_ns() - started) / 1e9)
+            log_event(log, "request_cancelled", level=logging.DEBUG, model=name, version=version, protocol=protocol)
+            raise
         finally:
             self.in_flight -= 1
         outputs = [InferOutput(n, datatype_of(answer.outputs[n].dtype), answer.outputs[n]) for n in output_names]

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -43,6 +42,7 @@ from gateway.frontends import FrontendPool, FrontendStartFailed
 from gateway.lifecycle import ModelLifecycle
 from gateway.logs import log_event
 from gateway.metrics import ServerView, render
+from gateway.process_metrics import children_families, own_families
 from gateway.protocol.errors import TensorGateError
 from gateway.repository.config import METADATA_PLATFORM
 from gateway.repository.repository import Model, ModelVersion, Repository, State
@@ -69,7 +69,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = Repository(settings.model_repo)
-        self.pool = WorkerPool(self._worker_restarted, self._changed)
+        self.pool = WorkerPool(self._worker_restarted, self._changed, settings.log_level, settings.log_format)
         self.lifecycle = ModelLifecycle(self.repository, self.pool, self._changed, self._publish_now,
                                         settings.model_control_mode)
         self.frontends = FrontendPool(settings, self.table, self._repository_call)
@@ -150,10 +150,11 @@ class Supervisor:
 
     async def view(self) -> ServerView:
         """What a metrics scrape reports, from every process."""
-        frontends, models = await asyncio.gather(self.frontends.snapshots(), self.pool.snapshot())
-        processes: dict[str, int | None] = {"supervisor": os.getpid(), **self.frontends.pids(), **self.pool.pids()}
-        return ServerView(self.repository.all_versions(), frontends, models, processes,
-                          {f: self.pool.alive(f) for f in self.pool.pids()}, dict(self.pool.restarts))
+        frontends, models, children = await asyncio.gather(
+            self.frontends.snapshots(), self.pool.snapshot(),
+            children_families([*self.frontends.children(), *self.pool.children()]))
+        return ServerView(self.repository.all_versions(), frontends, models, {"supervisor": own_families(), **children},
+                          {f: self.pool.alive(f) for f in self.pool.frameworks()}, dict(self.pool.restarts))
 
     async def metrics_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The metrics port: every path answers the Prometheus text exposition."""
@@ -307,7 +308,7 @@ def _metrics_server(supervisor: Supervisor, tls_files: TlsFiles | None,
 
     config = uvicorn.Config(supervisor.metrics_app, host=settings.host, port=settings.metrics_port, loop="none",
                             lifespan="off", interface="asgi3", log_level="warning", access_log=False,
-                            ssl_context_factory=None if context is None else ssl_context)
+                            log_config=None, ssl_context_factory=None if context is None else ssl_context)
     if tls_files is None or tls is None or context is None:
         return _UvicornServer(config), None
     watcher = TlsWatcher(tls_files, tls, [context.update])

@@ -82,7 +82,13 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         8002, description="Prometheus metrics port, 0 to turn metrics off")
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = Field(
-        "info", description="log level")
+        "info", description="log level, of every process of the server")
+    log_format: Annotated[Literal["text", "json"], Choice] = Field(
+        "text", description="log lines as text (logfmt: key=value pairs) or json (one object per line); the same "
+                            "fields either way")
+    access_log: bool = Field(
+        False, description="log one line per request (REST and gRPC): model, version, protocol, endpoint, status, "
+                           "duration, request id, client, trace id; never tensor data or header values")
     max_request_bytes: Annotated[int, Field(ge=1)] = Field(
         128 * MIB, description="largest REST body or gRPC message accepted, in bytes (default 128 MiB: a 64 MiB "
                                "tensor plus its envelope fits)")
@@ -166,7 +172,7 @@ class SettingsError(ValueError):
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
 _METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
-             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE"}
+             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}"}
 
 
 def flag_name(field: str) -> str:
@@ -183,8 +189,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default = "" if info.default_factory is not None else f"; default {_shown(info.default)}"
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else None
         metavar = "{" + ",".join(choices) + "}" if choices else _METAVARS.get(field)
+        # A boolean flag alone means true (``--access-log``); ``--access-log false`` works too.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
         parser.add_argument(flag_name(field), dest=field, default=argparse.SUPPRESS, metavar=metavar,
-                            action="append" if field in _REPEATED else "store",
+                            action="append" if field in _REPEATED else "store", **switch,
                             help=f"{info.description} (env {env_name(field)}{default})")
 
 

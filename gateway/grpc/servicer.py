@@ -12,10 +12,12 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.access_log import AccessLog
 from gateway.dataplane import DataPlane
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
+from gateway.grpc.handlers import add_servicer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
 from gateway.protocol.system_shm import SystemSharedMemory
@@ -181,11 +183,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
-                       credentials: grpc.ServerCredentials | None = None) -> grpc.aio.Server:
+                       credentials: grpc.ServerCredentials | None = None,
+                       access_log: AccessLog | None = None) -> grpc.aio.Server:
     """A grpc.aio server with every service bound to ``address`` (not started).
 
     ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
-    ``credentials``: TLS (see ``gateway.tls``), else plaintext.
+    ``credentials``: TLS (see ``gateway.tls``), else plaintext. Every v2 and health method decodes its
+    own request (INVALID_ARGUMENT when it does not parse) and writes its access line when
+    ``access_log`` is given (``gateway.grpc.handlers``).
     """
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -193,9 +198,9 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
         # Every frontend process binds the same port; the kernel spreads connections over them.
         ("grpc.so_reuseport", 1),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, shm), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
-    add_tfserving_services(server, plane)
+    add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm), access_log)
+    add_servicer(server, health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), access_log)
+    add_tfserving_services(server, plane, access_log)
     if credentials is None:
         server.add_insecure_port(address)
     else:

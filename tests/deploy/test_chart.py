@@ -218,6 +218,13 @@ def test_drain_timeout_flows_to_the_server_and_the_grace_period() -> None:
     assert one(explicit, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
 
 
+def test_log_format_and_access_log_flow_to_the_server() -> None:
+    args = server_container(manifests(render({})))["args"]
+    assert "--log-format=text" in args and "--access-log" not in args
+    args = server_container(manifests(render({"server": {"logFormat": "json", "accessLog": True}})))["args"]
+    assert "--log-format=json" in args and "--access-log" in args
+
+
 def test_frontends_flow_to_the_server() -> None:
     """One by default (the pod requests one CPU, and without a CPU limit it would see the whole node)."""
     assert "--frontends=1" in server_container(manifests(render({})))["args"]
@@ -396,6 +403,7 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     ({"server": {"drainTimeoutSeconds": "30"}}, "at '/server/drainTimeoutSeconds': got string, want integer"),
     ({"server": {"drainTimout": 30}}, "at '/server': additional properties 'drainTimout' not allowed"),
     ({"server": {"frontends": 0}}, "at '/server/frontends'"),
+    ({"server": {"logFormat": "yaml"}}, "at '/server/logFormat'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),
