@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.tfserving.generated import tf_serving_apis_pb2 as tfs_pb
 from tests.server import ServerProcess
 
 
@@ -107,7 +108,9 @@ def test_undecodable_messages_get_invalid_argument_on_every_method(channel: grpc
                                                                   stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     """grpc.aio would answer UNKNOWN; every method decodes its own request and answers INVALID_ARGUMENT."""
     services = [pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                health_pb2.DESCRIPTOR.services_by_name["Health"]]
+                health_pb2.DESCRIPTOR.services_by_name["Health"],
+                tfs_pb.DESCRIPTOR.services_by_name["PredictionService"],
+                tfs_pb.DESCRIPTOR.services_by_name["ModelService"]]
     called = []
     for service in services:
         for method in service.methods:
@@ -115,5 +118,6 @@ def test_undecodable_messages_get_invalid_argument_on_every_method(channel: grpc
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, error.code(), error.details())
             assert "does not parse" in (error.details() or "") and method.input_type.full_name in error.details()
             called.append(method.name)
-    assert {"ModelInfer", "ModelStreamInfer", "ServerLive", "RepositoryModelLoad", "Check", "Watch"} <= set(called)
+    assert {"ModelInfer", "ModelStreamInfer", "ServerLive", "RepositoryModelLoad", "Check", "Watch", "Predict",
+            "GetModelStatus"} <= set(called)
     assert stub.ServerLive(pb.ServerLiveRequest()).live  # still serving
