@@ -17,7 +17,7 @@ import gc
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -43,7 +43,11 @@ from gateway.rest.app import create_app
 from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
+from gateway.tracing_env import sdk_disabled
 from gateway.workers.ipc import CallFailed, ConnectionGone, Peer
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 #: Each shared-memory arena (one for requests, one for answers, per worker): address space, not memory;
 #: only the pages tensors touch are resident. A tensor that does not fit travels through the socket.
@@ -59,10 +63,12 @@ class Frontend:
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
         self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        self.tracing = _tracing(settings)
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
-                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
+                               InferRoute(self.plane, self.shm, self.tracing), settings.max_request_bytes,
+                               keep_alive_s=30)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
-                                       self.shm)
+                                       self.shm, self.tracing)
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -118,6 +124,16 @@ class Frontend:
                                                              sock=socket.socket(fileno=control_fd))
         grace = await self._stop
         await asyncio.gather(self.rest.close(grace), self.grpc.stop(grace=grace))
+        if self.tracing is not None:
+            self.tracing.shutdown()  # every request has been answered: export the spans still buffered
+
+
+def _tracing(settings: Settings) -> "Tracing | None":
+    """The tracer when ``--tracing`` is on (and OTEL_SDK_DISABLED is not true); off, the SDK is never imported."""
+    if not settings.tracing or sdk_disabled(os.environ):
+        return None
+    from gateway.tracing import Tracing  # only when on: free when off
+    return Tracing()
 
 
 async def _main(control_fd: int, settings: Settings) -> None:

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.tracing_env import environment_problem
+
 MIB = 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
 #: --metrics-compat choices: which other server's metric names to export as well as ours.
@@ -103,6 +105,18 @@ class Settings(BaseSettings):
         description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
                     "variable takes a comma-separated list)")
 
+    tracing: bool = Field(
+        False, description="trace inference requests with OpenTelemetry and export the spans over OTLP, as the "
+                           "standard OTEL_* variables say (endpoint, protocol, sampler, service name: see "
+                           "docs/tracing.md)")
+
+    @model_validator(mode="after")
+    def _tracing_variables_are_sound(self) -> "Settings":
+        problem = environment_problem(os.environ) if self.tracing else None
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
     @model_validator(mode="after")
     def _load_models_fit_the_mode(self) -> "Settings":
         if self.load_models and self.model_control_mode != "explicit":
@@ -129,7 +143,8 @@ class SettingsError(ValueError):
 #: Flags spelled otherwise than their field, and how argparse gathers them.
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
-_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}"}
+_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+             "tracing": "{true,false}"}
 
 
 def flag_name(field: str) -> str:
@@ -146,9 +161,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default = "" if info.default_factory is not None else f"; default {_shown(info.default)}"
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else None
         metavar = "{" + ",".join(choices) + "}" if choices else _METAVARS.get(field)
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --tracing alone
         parser.add_argument(flag_name(field), dest=field, default=argparse.SUPPRESS, metavar=metavar,
                             action="append" if field in _REPEATED else "store",
-                            help=f"{info.description} (env {env_name(field)}{default})")
+                            help=f"{info.description} (env {env_name(field)}{default})", **switch)
 
 
 def _shown(default: Any) -> str:
