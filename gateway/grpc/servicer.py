@@ -129,10 +129,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 tracestate = value
         span = tracing.start("grpc", method, request.model_name, request.model_version or None, traceparent,
                              tracestate)
+        span.request_id(request.id)
         try:
-            decoded = decode_infer_request(request, self._shm)
-            span.request_id(decoded.id)
-            reply = await self._run_traced(decoded, span)
+            reply = await self._run_traced(decode_infer_request(request, self._shm), span)
         except TensorGateError as exc:
             span.end(grpc.StatusCode[exc.grpc_code].value[0], exc)
             if method == "ModelInfer":

@@ -286,3 +286,37 @@ def test_tracing_off_exports_nothing(tmp_path: Path) -> None:
     finally:
         receiver.close()
 
+
+
+def test_each_message_of_a_stream_has_its_span(traced: ServerProcess, receiver: HttpReceiver) -> None:
+    trace_id, parent_id, traceparent = new_parent()
+    good = pb.ModelInferRequest(model_name="delay", id="stream-good",
+                                raw_input_contents=[np.ones((1, 4), np.float32).tobytes()])
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    bad = pb.ModelInferRequest(model_name="nowhere", id="stream-bad")
+    with grpc.insecure_channel(traced.grpc_address) as channel:
+        replies = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter([good, bad]), metadata=[("traceparent", traceparent)], timeout=120))
+    assert not replies[0].error_message and replies[1].error_message == "the request has no inputs"
+    spans = [s for s in receiver.received.wait_for(in_trace(trace_id, 5)) if s.trace_id == trace_id]
+    servers = {s.attributes["tensorgate.request.id"]: s for s in spans if s.kind == SERVER}
+    assert {s.name for s in servers.values()} == {"inference.GRPCInferenceService/ModelStreamInfer"}
+    assert all(s.parent_span_id == parent_id for s in servers.values())
+    assert servers["stream-good"].status_code == 0 and servers["stream-good"].attributes["rpc.grpc.status_code"] == 0
+    assert servers["stream-bad"].status_code == STATUS_ERROR
+    assert servers["stream-bad"].attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    good_tree = {s.name: s for s in spans if s.parent_span_id == servers["stream-good"].span_id}
+    check_request_tree({**good_tree, "server": servers["stream-good"]})
+    assert len(spans) == 5  # the bad message never reached a queue
+
+
+def test_a_caller_that_does_not_sample_is_not_traced(traced: ServerProcess, receiver: HttpReceiver) -> None:
+    """The default sampler, parentbased_always_on, follows the caller's sampled flag."""
+    unsampled_trace, _, _ = new_parent()
+    unsampled = f"00-{unsampled_trace}-{secrets.token_hex(8)}-00"
+    assert rest_infer(traced, "delay", np.ones((1, 4), np.float32), {"traceparent": unsampled}).status_code == 200
+    grpc_infer(traced, "delay", np.ones((1, 4), np.float32), unsampled)
+    sampled_trace, _, sampled = new_parent()
+    assert rest_infer(traced, "delay", np.ones((1, 4), np.float32), {"traceparent": sampled}).status_code == 200
+    request_spans(receiver.received, sampled_trace)
+    assert all(s.trace_id != unsampled_trace for s in receiver.received.snapshot())
