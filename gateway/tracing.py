@@ -2,8 +2,8 @@
 
 Each inference request gets one SERVER span, child of the caller's ``traceparent`` when it sends
 one, with three children: ``queue`` (waiting in the model's queue), ``batch`` (the batch it ran
-in, linked to every traced request of that batch, whichever frontend sent it) and ``encode``
-(the response). The queue and the batch happen in the runtime worker, which imports nothing of
+in, linked to the other traced requests of that batch, whichever frontend sent them) and
+``encode`` (the response). The queue and the batch happen in the runtime worker, which imports nothing of
 OpenTelemetry: it reports their times (``RequestTrace``) with the answer, and the frontend makes
 the spans with those start and end times (docs/decisions.md, "Tracing"). Spans leave through a
 batch span processor, on its own thread, so exporting never holds a request; ``shutdown`` flushes.
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -43,16 +43,18 @@ def _exporter(environ: Mapping[str, str]) -> SpanExporter:
     return HttpExporter()
 
 
-def _resource(environ: Mapping[str, str]) -> Resource:
-    """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK reads them; service.name defaults to tensorgate."""
-    named = environ.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in environ.get(
-        "OTEL_RESOURCE_ATTRIBUTES", "")
-    defaults = {SERVICE_VERSION: __version__} if named else {SERVICE_NAME: "tensorgate", SERVICE_VERSION: __version__}
-    return Resource.create(defaults)
+def _resource() -> Resource:
+    """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK reads them; what they leave out of
+    service.name and service.version is tensorgate and the server's version."""
+    given = OTELResourceDetector().detect().attributes
+    defaults = {SERVICE_NAME: "tensorgate", SERVICE_VERSION: __version__}
+    return Resource.create({key: value for key, value in defaults.items() if key not in given})
 
 
 def _epoch_offset_ns() -> int:
-    """What to add to ``time.monotonic_ns`` (the clock every process shares) to get the wall clock spans use."""
+    """What to add to ``time.monotonic_ns`` (the clock every process shares) to get the wall clock spans use.
+    A request's spans all take their times from it, with one offset, so a step of the wall clock
+    never reorders them."""
     return time.time_ns() - time.monotonic_ns()
 
 
@@ -61,7 +63,7 @@ class Tracing:
     the OTLP exporter behind a batch span processor, and the resource."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
-        self._provider = TracerProvider(resource=_resource(environ))
+        self._provider = TracerProvider(resource=_resource())
         self._provider.add_span_processor(BatchSpanProcessor(_exporter(environ)))
         self._tracer = self._provider.get_tracer("tensorgate", __version__)
 
@@ -86,8 +88,10 @@ class Tracing:
                 "/v2/models/{model_name}/infer"
             name = f"POST {route}"
             attributes.update({"http.request.method": "POST", "http.route": route, "url.scheme": "http"})
-        span = self._tracer.start_span(name, context, SpanKind.SERVER, attributes)
-        return InferSpan(self._tracer, span, protocol)
+        offset = _epoch_offset_ns()
+        span = self._tracer.start_span(name, context, SpanKind.SERVER, attributes,
+                                       start_time=time.monotonic_ns() + offset)
+        return InferSpan(self._tracer, span, protocol, offset)
 
     def shutdown(self) -> None:
         """Export what is still buffered, then stop the processor's thread (on the way out of the frontend)."""
@@ -97,12 +101,13 @@ class Tracing:
 class InferSpan:
     """One request's server span and its children."""
 
-    __slots__ = ("_context", "_protocol", "_span", "_tracer")
+    __slots__ = ("_context", "_offset", "_protocol", "_span", "_tracer")
 
-    def __init__(self, tracer: trace.Tracer, span: trace.Span, protocol: str) -> None:
+    def __init__(self, tracer: trace.Tracer, span: trace.Span, protocol: str, offset_ns: int) -> None:
         self._tracer = tracer
         self._span = span
         self._protocol = protocol
+        self._offset = offset_ns
         self._context = trace.set_span_in_context(span)
 
     @property
@@ -124,14 +129,20 @@ class InferSpan:
         timing = response.trace
         if timing is None or not span.is_recording():
             return
-        offset = _epoch_offset_ns()
+        offset = self._offset
         batch = timing.batch
         span.set_attribute("tensorgate.request.rows", timing.rows)
         queue = self._tracer.start_span("queue", self._context, SpanKind.INTERNAL,
                                         start_time=timing.enqueued_ns + offset)
         queue.end(batch.dispatched_ns + offset)
+        # The batch's first traced request links every traced request of it; each other one links that
+        # first request: every request is one or two links away from all the others, for 2n links in all
+        # (n per request would be n squared per batch, a real cost for large batches).
+        own = span.get_span_context()
+        first = batch.links[0]
+        shared = batch.links if first[:2] == (own.trace_id, own.span_id) else (first,)
         links = [Link(SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags)))
-                 for trace_id, span_id, flags in batch.links]
+                 for trace_id, span_id, flags in shared]
         executed = self._tracer.start_span(
             "batch", self._context, SpanKind.INTERNAL,
             {"tensorgate.batch.requests": batch.requests, "tensorgate.batch.rows": batch.rows},
@@ -142,11 +153,12 @@ class InferSpan:
     @contextmanager
     def encoding(self) -> Iterator[None]:
         """The ``encode`` span around encoding the response."""
-        span = self._tracer.start_span("encode", self._context, SpanKind.INTERNAL)
+        span = self._tracer.start_span("encode", self._context, SpanKind.INTERNAL,
+                                       start_time=time.monotonic_ns() + self._offset)
         try:
             yield
         finally:
-            span.end()
+            span.end(time.monotonic_ns() + self._offset)
 
     def end(self, status: int | None, error: BaseException | None = None, cancelled: bool = False) -> None:
         """End the server span: ``status`` is the HTTP status or the gRPC status code (None: no answer sent)."""
@@ -159,7 +171,7 @@ class InferSpan:
         elif error is not None:
             span.set_attribute("error.type", type(error).__name__)
             span.set_status(Status(StatusCode.ERROR, str(getattr(error, "message", error))))
-        span.end()
+        span.end(time.monotonic_ns() + self._offset)
 
 
 def _text(value: str | bytes) -> str:
