@@ -10,6 +10,7 @@ batch span processor, on its own thread, so exporting never holds a request; ``s
 The exporter, sampler and resource come from the standard ``OTEL_*`` variables.
 """
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,9 @@ class Tracing:
     the OTLP exporter behind a batch span processor, and the resource."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        # A malformed tracestate member is a client's doing: the API's warning about it, one per request
+        # and quoting the header, would let any client write the server's log.
+        logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
         self._provider = TracerProvider(resource=_resource())
         self._provider.add_span_processor(BatchSpanProcessor(_exporter(environ)))
         self._tracer = self._provider.get_tracer("tensorgate", __version__)
@@ -73,7 +77,8 @@ class Tracing:
         parent = parse_traceparent(traceparent)
         context = None
         if parent is not None:
-            state = TraceState.from_header([_text(tracestate)]) if tracestate else None
+            # W3C: pass on at least 512 characters; a longer tracestate (a client's to choose) is dropped.
+            state = TraceState.from_header([_text(tracestate)]) if tracestate and len(tracestate) <= 512 else None
             remote = SpanContext(parent.trace_id, parent.span_id, is_remote=True,
                                  trace_flags=TraceFlags(parent.flags & TraceFlags.SAMPLED), trace_state=state)
             context = trace.set_span_in_context(NonRecordingSpan(remote))
@@ -101,33 +106,37 @@ class Tracing:
 class InferSpan:
     """One request's server span and its children."""
 
-    __slots__ = ("_context", "_offset", "_protocol", "_span", "_tracer")
+    __slots__ = ("_context", "_offset", "_protocol", "_recording", "_span", "_tracer")
 
     def __init__(self, tracer: trace.Tracer, span: trace.Span, protocol: str, offset_ns: int) -> None:
         self._tracer = tracer
         self._span = span
         self._protocol = protocol
         self._offset = offset_ns
-        self._context = trace.set_span_in_context(span)
+        #: Not sampled: nothing more to record, and no child spans to make (each would cost a sampling call).
+        self._recording = span.is_recording()
+        self._context = trace.set_span_in_context(span) if self._recording else None
 
     @property
     def ref(self) -> SpanRef | None:
         """This span's context for the worker, or None when it is not sampled (nothing to report back)."""
-        if not self._span.is_recording():
+        if not self._recording:
             return None
         context = self._span.get_span_context()
         return context.trace_id, context.span_id, int(context.trace_flags)
 
     def request_id(self, request_id: str | None) -> None:
-        if request_id:
+        if request_id and self._recording:
             self._span.set_attribute("tensorgate.request.id", request_id)
 
     def ran(self, response: InferResponse) -> None:
         """The version that answered, and the request's queue and batch spans from the worker's times."""
+        if not self._recording:
+            return
         span = self._span
         span.set_attribute("tensorgate.model.version", response.model_version)
         timing = response.trace
-        if timing is None or not span.is_recording():
+        if timing is None:
             return
         offset = self._offset
         batch = timing.batch
@@ -153,6 +162,9 @@ class InferSpan:
     @contextmanager
     def encoding(self) -> Iterator[None]:
         """The ``encode`` span around encoding the response."""
+        if not self._recording:
+            yield
+            return
         span = self._tracer.start_span("encode", self._context, SpanKind.INTERNAL,
                                        start_time=time.monotonic_ns() + self._offset)
         try:
@@ -163,6 +175,9 @@ class InferSpan:
     def end(self, status: int | None, error: BaseException | None = None, cancelled: bool = False) -> None:
         """End the server span: ``status`` is the HTTP status or the gRPC status code (None: no answer sent)."""
         span = self._span
+        if not self._recording:
+            span.end()
+            return
         if status is not None:
             span.set_attribute("rpc.grpc.status_code" if self._protocol == "grpc" else "http.response.status_code",
                                status)

@@ -32,6 +32,7 @@ class ReceivedSpan:
     trace_id: str
     span_id: str
     parent_span_id: str
+    trace_state: str
     name: str
     kind: int
     start_ns: int
@@ -60,7 +61,8 @@ class Received:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     spans.append(ReceivedSpan(
-                        span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind,
+                        span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.trace_state, span.name,
+                        span.kind,
                         span.start_time_unix_nano, span.end_time_unix_nano,
                         {a.key: _value(a.value) for a in span.attributes}, span.status.code, span.status.message,
                         [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],

@@ -132,13 +132,14 @@ def test_rest_request_is_a_child_of_the_callers_span(traced: ServerProcess, rece
     assert reply.status_code == 200, reply.text
     spans = request_spans(receiver.received, trace_id)
     server = spans["server"]
-    assert server.parent_span_id == parent_id
+    assert server.parent_span_id == parent_id and server.trace_state == "vendor=opaque"
     assert server.name == "POST /v2/models/{model_name}/infer"
     assert server.attributes == {
         "tensorgate.model.name": "delay", "tensorgate.model.version": "1", "tensorgate.protocol": "rest",
         "tensorgate.request.id": "rest-7", "tensorgate.request.rows": 3, "http.request.method": "POST",
         "http.route": "/v2/models/{model_name}/infer", "url.scheme": "http", "http.response.status_code": 200}
     assert server.status_code == 0  # unset: success
+    assert spans["queue"].trace_state == "vendor=opaque"
     assert server.resource["service.name"] == "tensorgate"
     assert server.resource["service.version"] == version("tensorgate")
     check_request_tree(spans)
@@ -329,3 +330,15 @@ def test_a_caller_that_does_not_sample_is_not_traced(traced: ServerProcess, rece
     assert rest_infer(traced, "delay", np.ones((1, 4), np.float32), {"traceparent": sampled}).status_code == 200
     request_spans(receiver.received, sampled_trace)
     assert all(s.trace_id != unsampled_trace for s in receiver.received.snapshot())
+
+
+def test_a_malformed_tracestate_is_dropped_without_a_word(traced: ServerProcess, receiver: HttpReceiver) -> None:
+    """A client's bad tracestate (or one over the 512 characters W3C asks to pass on) never reaches the log."""
+    for tracestate in ("not a member, at all", "k=" + "v" * 600):
+        trace_id, parent_id, traceparent = new_parent()
+        reply = rest_infer(traced, "delay", np.ones((1, 4), np.float32),
+                           {"traceparent": traceparent, "tracestate": tracestate})
+        assert reply.status_code == 200, reply.text
+        server = request_spans(receiver.received, trace_id)["server"]
+        assert server.parent_span_id == parent_id and server.trace_state == ""
+    assert "not a member" not in traced.log() and "v" * 600 not in traced.log()
