@@ -278,12 +278,15 @@ def test_otlp_grpc_export_and_the_flush_on_sigterm(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_tracing_off_exports_nothing(tmp_path: Path) -> None:
-    """Without --tracing, an OTLP endpoint in the environment (a cluster-wide default, say) changes nothing."""
+@pytest.mark.parametrize(("env", "args"), [({}, []), ({"OTEL_SDK_DISABLED": "true"}, ["--tracing"])],
+                         ids=["no-flag", "sdk-disabled"])
+def test_tracing_off_exports_nothing(tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+    """Without --tracing, an OTLP endpoint in the environment (a cluster-wide default, say) changes nothing;
+    OTEL_SDK_DISABLED=true turns --tracing off."""
     receiver = HttpReceiver()
     try:
         server = start_server(repository(tmp_path), {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                                                     "OTEL_BSP_SCHEDULE_DELAY": "100"}, [])
+                                                     "OTEL_BSP_SCHEDULE_DELAY": "100", **env}, args)
         try:
             _, _, traceparent = new_parent()
             assert rest_infer(server, "delay", np.ones((1, 4), np.float32), {"traceparent": traceparent}
