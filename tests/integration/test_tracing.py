@@ -345,3 +345,16 @@ def test_a_malformed_tracestate_is_dropped_without_a_word(traced: ServerProcess,
         server = request_spans(receiver.received, trace_id)["server"]
         assert server.parent_span_id == parent_id and server.trace_state == ""
     assert "not a member" not in traced.log() and "v" * 600 not in traced.log()
+
+
+def test_a_client_that_hangs_up_ends_its_span_as_cancelled(traced: ServerProcess, receiver: HttpReceiver) -> None:
+    """Not a server error: no ERROR status, error.type=cancelled, no status code (nothing was answered)."""
+    trace_id, parent_id, traceparent = new_parent()
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{traced.http_url}/v2/models/gated/infer", json=body, headers={"traceparent": traceparent},
+                   timeout=httpx.Timeout(60, read=0.5))
+    [server] = request_spans(receiver.received, trace_id, count=1).values()
+    assert server.parent_span_id == parent_id
+    assert server.attributes["error.type"] == "cancelled" and server.status_code == 0
+    assert "http.response.status_code" not in server.attributes
