@@ -58,9 +58,14 @@ def _names(value: object) -> object:
     return value
 
 
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Choice = BeforeValidator(_lowercase)
+OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none)]
 
 
 class Settings(BaseSettings):
@@ -69,13 +74,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_by_name=True)
 
     model_repo: Path = Field(Path("model_repo"), description="model repository folder")
+    model_name: str = Field(
+        "", description="serve --model-repo as this one model: a folder as KServe's storage initializer mounts "
+                        "it at /mnt/models (a model file, a SavedModel, or version folders; a Triton repository "
+                        "is served as it is); see docs/kserve.md")
     host: str = Field("127.0.0.1", description="address to listen on")
     http_port: Port = Field(8000, description="REST port")
     grpc_port: Port = Field(8001, description="gRPC port")
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         8002, description="Prometheus metrics port, 0 to turn metrics off")
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = Field(
-        "info", description="log level")
+        "info", description="log level, of every process of the server")
+    log_format: Annotated[Literal["text", "json"], Choice] = Field(
+        "text", description="log lines as text (logfmt: key=value pairs) or json (one object per line); the same "
+                            "fields either way")
+    access_log: bool = Field(
+        False, description="log one line per request (REST and gRPC): model, version, protocol, endpoint, status, "
+                           "duration, request id, client, trace id; never tensor data or header values")
     max_request_bytes: Annotated[int, Field(ge=1)] = Field(
         128 * MIB, description="largest REST body or gRPC message accepted, in bytes (default 128 MiB: a 64 MiB "
                                "tensor plus its envelope fits)")
@@ -105,10 +120,37 @@ class Settings(BaseSettings):
         description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
                     "variable takes a comma-separated list)")
 
+    health_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0, description="a plain-HTTP port answering GET /v2/health/live and /v2/health/ready only, for probes "
+                       "that cannot present a client certificate under --tls-client-ca (0: off)")
+    tls_cert: OptionalFile = Field(
+        None, description="PEM certificate (leaf first, then intermediates): TLS on the REST, gRPC and metrics "
+                          "ports, reloaded when the file changes (docs/tls.md)")
+    tls_key: OptionalFile = Field(None, description="unencrypted PEM private key of --tls-cert")
+    tls_client_ca: OptionalFile = Field(
+        None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
+
     tracing: bool = Field(
         False, description="trace inference requests with OpenTelemetry and export the spans over OTLP, as the "
                            "standard OTEL_* variables say (endpoint, protocol, sampler, service name: see "
                            "docs/tracing.md)")
+
+    @model_validator(mode="after")
+    def _health_port_is_its_own(self) -> "Settings":
+        others = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        for flag, port in others.items():
+            if self.health_port and self.health_port == port:
+                raise ValueError(f"--health-port {port} is already {flag}: give the health port a port of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise ValueError(f"{given} needs {missing} as well (a certificate and its private key go together)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        return self
 
     @model_validator(mode="after")
     def _tracing_variables_are_sound(self) -> "Settings":
@@ -143,7 +185,8 @@ class SettingsError(ValueError):
 #: Flags spelled otherwise than their field, and how argparse gathers them.
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
-_METAVARS = {"load_models": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+_METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}",
              "tracing": "{true,false}"}
 
 
@@ -161,16 +204,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default = "" if info.default_factory is not None else f"; default {_shown(info.default)}"
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else None
         metavar = "{" + ",".join(choices) + "}" if choices else _METAVARS.get(field)
-        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}  # --tracing alone
+        # A boolean flag alone means true (``--access-log``); ``--access-log false`` works too.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
         parser.add_argument(flag_name(field), dest=field, default=argparse.SUPPRESS, metavar=metavar,
-                            action="append" if field in _REPEATED else "store",
-                            help=f"{info.description} (env {env_name(field)}{default})", **switch)
+                            action="append" if field in _REPEATED else "store", **switch,
+                            help=f"{info.description} (env {env_name(field)}{default})")
 
 
 def _shown(default: Any) -> str:
     if isinstance(default, bool):
         return str(default).lower()
-    return str(default) if default not in ((), "") else "none"
+    return str(default) if default not in ((), "", None) else "none"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

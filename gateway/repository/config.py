@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.protocol.datatypes import DATATYPES
 
-Platform = Literal["onnx", "torchscript", "torch_export", "savedmodel", "jax"]
+Platform = Literal["onnx", "torchscript", "torch_export", "savedmodel", "jax", "tflite"]
 
 #: Triton's platform names, accepted as aliases so existing configs carry over.
 PLATFORM_ALIASES: dict[str, Platform] = {
@@ -29,24 +29,29 @@ FRAMEWORK_OF: dict[Platform, str] = {
     "torch_export": "torch",
     "savedmodel": "tensorflow",
     "jax": "jax",
+    "tflite": "tflite",
 }
 
-#: The platform string reported in model metadata, in Triton's ``<project>_<format>`` style.
+#: The platform string reported in model metadata, in Triton's ``<project>_<format>`` style;
+#: ``tflite`` is what Triton reports for its TFLite backend (named after the format, like ours).
 METADATA_PLATFORM: dict[Platform, str] = {
     "onnx": "onnxruntime_onnx",
     "torchscript": "pytorch_libtorch",
     "torch_export": "pytorch_torch_export",
     "savedmodel": "tensorflow_savedmodel",
     "jax": "jax_export",
+    "tflite": "tflite",
 }
 
-#: The backend named in the model config response, as Triton names its backends (jax is ours).
+#: The backend named in the model config response, as Triton names its backends (jax is ours;
+#: Triton's TFLite backend is ``armnn_tflite``, after the ArmNN delegate it adds, which we do not).
 TRITON_BACKEND: dict[Platform, str] = {
     "onnx": "onnxruntime",
     "torchscript": "pytorch",
     "torch_export": "pytorch",
     "savedmodel": "tensorflow",
     "jax": "jax",
+    "tflite": "tflite",
 }
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")

@@ -26,7 +26,7 @@ from gateway.settings import (
 
 ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES",
              "METRICS_COMPAT", "MODEL_CONTROL_MODE", "REPOSITORY_POLL_SECS", "LOAD_MODEL", "DRAIN_TIMEOUT",
-             "FRONTENDS", "STRICT_READINESS"]
+             "FRONTENDS", "STRICT_READINESS", "LOG_FORMAT", "ACCESS_LOG"]
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +97,8 @@ def test_command_line_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None
     (("--drain-timeout", "inf"), ("DRAIN_TIMEOUT", "inf"), "must be a finite number of seconds"),
     (("--frontends", "0"), ("FRONTENDS", "0"), "input should be greater than or equal to 1"),
     (("--strict-readiness", "maybe"), ("STRICT_READINESS", "maybe"), "input should be a valid boolean"),
+    (("--log-format", "yaml"), ("LOG_FORMAT", "yaml"), "input should be 'text' or 'json'"),
+    (("--access-log", "sometimes"), ("ACCESS_LOG", "sometimes"), "input should be a valid boolean"),
 ])
 def test_a_bad_value_is_refused_naming_the_flag_or_the_variable(
         argv: tuple[str, ...], variable: tuple[str, str], fragment: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,6 +111,16 @@ def test_a_bad_value_is_refused_naming_the_flag_or_the_variable(
     with pytest.raises(SettingsError, match=f"^TENSORGATE_{name}='{value}': ") as env_error:
         _parse()
     assert fragment in str(env_error.value)
+
+
+def test_log_format_and_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (_parse().log_format, _parse().access_log) == ("text", False)
+    assert _parse("--log-format", "JSON", "--access-log").model_dump(include={"log_format", "access_log"}) == {
+        "log_format": "json", "access_log": True}
+    assert _parse("--access-log", "false").access_log is False
+    monkeypatch.setenv("TENSORGATE_ACCESS_LOG", "true")
+    monkeypatch.setenv("TENSORGATE_LOG_FORMAT", "json")
+    assert (_parse().log_format, _parse().access_log) == ("json", True)
 
 
 def test_every_bad_value_is_named_at_once() -> None:
