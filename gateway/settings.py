@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.tracing_env import environment_problem
+
 MIB = 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
 #: --metrics-compat choices: which other server's metric names to export as well as ours.
@@ -128,6 +130,11 @@ class Settings(BaseSettings):
     tls_client_ca: OptionalFile = Field(
         None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
 
+    tracing: bool = Field(
+        False, description="trace inference requests with OpenTelemetry and export the spans over OTLP, as the "
+                           "standard OTEL_* variables say (endpoint, protocol, sampler, service name: see "
+                           "docs/tracing.md)")
+
     @model_validator(mode="after")
     def _health_port_is_its_own(self) -> "Settings":
         others = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
@@ -143,6 +150,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{given} needs {missing} as well (a certificate and its private key go together)")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_variables_are_sound(self) -> "Settings":
+        problem = environment_problem(os.environ) if self.tracing else None
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -172,7 +186,8 @@ class SettingsError(ValueError):
 _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models"}
 _METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
-             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}"}
+             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}",
+             "tracing": "{true,false}"}
 
 
 def flag_name(field: str) -> str:
