@@ -46,7 +46,7 @@ from runtimes.base import ModelLoadError, RuntimeAdapter  # noqa: E402
 from runtimes.worker import ADAPTERS  # noqa: E402
 
 #: Framework import order: TensorFlow first, so that it never sees (and imports) jax itself.
-_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "jax": 3}
+_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "torch_aoti": 2, "jax": 3}
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The example repository's five digits models (ONNX, TorchScript, torch.export, SavedModel, JAX)
-end to end: scikit-learn's whole digits test split through each of them over REST JSON, REST
+"""The example repository's six digits models (ONNX, TorchScript, torch.export, AOTInductor,
+SavedModel, JAX) end to end: scikit-learn's whole digits test split through each of them over REST JSON, REST
 binary and gRPC raw. They hold the same weights, so they must give the same answers.
 """
 
@@ -19,7 +19,8 @@ from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers import load_script
 from tests.server import ServerProcess
 
-MODELS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax"]
+MODELS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+          "digits_jax"]
 
 #: Request sizes, cycled through: every JAX bucket (1, 2, 4, ..., 64) and sizes between them.
 CHUNKS = [64, 1, 2, 3, 4, 5, 8, 13, 16, 21, 32, 34, 55, 63]
@@ -71,7 +72,7 @@ def _chunks(n: int) -> Iterator[slice]:
         start, i = start + size, i + 1
 
 
-def test_five_formats_serve_the_same_classifier_over_every_transport(server: ServerProcess) -> None:
+def test_six_formats_serve_the_same_classifier_over_every_transport(server: ServerProcess) -> None:
     build = load_script("build_model_repo")
     x_test, y_test = build.digits_test_split()
     reference = build.numpy_forward(build.train_digits_mlp(), x_test)
@@ -88,22 +89,22 @@ def test_five_formats_serve_the_same_classifier_over_every_transport(server: Ser
                 logits[(model, transport)] = result
     predicted = reference.argmax(1)
     for key, result in logits.items():
-        assert np.array_equal(result.argmax(1), predicted), key  # all five agree on every class
+        assert np.array_equal(result.argmax(1), predicted), key  # all six agree on every class
         np.testing.assert_allclose(result, reference, rtol=0, atol=1e-4, err_msg=str(key))
     first = logits[("digits_onnx", "rest_json")]
     for key, result in logits.items():
         np.testing.assert_allclose(result, first, rtol=0, atol=1e-4, err_msg=str(key))
 
 
-def test_five_formats_publish_the_same_signature(server: ServerProcess) -> None:
+def test_six_formats_publish_the_same_signature(server: ServerProcess) -> None:
     platforms = set()
     for model in MODELS:
         metadata = httpx.get(f"{server.http_url}/v2/models/{model}").json()
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], metadata
         assert metadata["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}], metadata
         platforms.add(metadata["platform"])
-    assert platforms == {"onnxruntime_onnx", "pytorch_libtorch", "pytorch_torch_export", "tensorflow_savedmodel",
-                         "jax_export"}
+    assert platforms == {"onnxruntime_onnx", "pytorch_libtorch", "pytorch_torch_export", "pytorch_torch_aoti",
+                         "tensorflow_savedmodel", "jax_export"}
 
 
 def test_jax_never_compiles_after_warm_up(server: ServerProcess) -> None:

@@ -14,10 +14,11 @@ from tests.server import ServerProcess
 pytestmark = pytest.mark.slow
 
 FRAMEWORK_MODULES = ("onnxruntime", "torch", "tensorflow", "jax", "jaxlib", "onnx")
-DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax"]
+DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+          "digits_jax"]
 
 
-def test_gateway_process_imports_no_framework_with_all_five_platforms(shared_repo: Path) -> None:
+def test_gateway_process_imports_no_framework_with_every_platform(shared_repo: Path) -> None:
     """Serve the shared repository (every platform) in-process in a child interpreter, run a
     request through each digits model, and list the frameworks the gateway process imported."""
     ports = ServerProcess(shared_repo)

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"digits_onnx": "onnx", "digits_torchscript": "torchscript", "digits_torch_export": "torch_export",
+          "digits_torch_aoti": "torch_aoti",
           "digits_savedmodel": "savedmodel", "digits_jax": "jax"}
 
 
