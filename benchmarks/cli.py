@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="a command-line fragment that marks a server process as a model worker (not "
                                "gateway CPU); repeatable; TensorGate's and Triton's Python stubs are known")
     external.add_argument("--model-repo", type=Path, default=None,
-                          help="the repository the server serves: its ONNX and TorchScript files are timed offline")
+                          help="the repository the server serves: its ONNX, TorchScript, torch.export and "
+                               "AOTInductor files are timed offline")
     gen = parser.add_argument_group("load generation and output")
     gen.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                      help="HTTP load from wrk (auto: when installed) or the Python client")

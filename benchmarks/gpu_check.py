@@ -11,8 +11,10 @@ uses, once on the CPU (the reference) and once on ``--device``; sends scikit-lea
 test split through both; checks that the device's logits match the CPU's within ``--atol``;
 and times a few batch sizes on the device (median of ``--repeats`` runs after a warm-up,
 host-to-device copies and results back on the host included). It prints one table row per
-model. A model that cannot be loaded on the device (a framework build without CUDA, say) is
-reported with the reason.
+model. An AOTInductor package runs only on the device type it was compiled for, so for a GPU
+the script compiles the digits package again, for that GPU, from the same weights (a minute or
+so), and loads that one on the device. A model that cannot be loaded on the device (a
+framework build without CUDA, say) is reported with the reason.
 
 Exit status: 0 when every model loaded and matched; 1 when a model's outputs differ; 2 when
 a model could not be loaded on the device (and none differed).
@@ -24,6 +26,7 @@ import argparse
 import importlib.util
 import statistics
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass, field, replace
@@ -87,6 +90,19 @@ def _spec(repo: Path, name: str, version: int, device: str) -> LoadModel:
     )
 
 
+def _on_device(spec: LoadModel, device: str, build: types.ModuleType, staging: Path) -> LoadModel:
+    """``spec`` placed on ``device``; an AOTInductor package is first compiled for that device."""
+    moved = replace(spec, device=device)
+    if spec.platform != "torch_aoti" or device == "cpu":
+        return moved
+    version = staging / spec.model_name / "1"
+    try:
+        build.export_torch_aoti(build.train_digits_mlp(), version / "model.pt2", device=device.split(":")[0])
+    except RuntimeError as exc:  # the compiler's own output, e.g. no CUDA toolchain for inductor
+        raise ModelLoadError(f"compiling {spec.model_name} for {device} failed: {exc}") from None
+    return replace(moved, path=str(version))
+
+
 def _run_all(adapter: RuntimeAdapter, x: np.ndarray, batch: int) -> np.ndarray:
     parts = [adapter.execute({"input": x[i : i + batch]}, ["logits"])["logits"] for i in range(0, len(x), batch)]
     return np.concatenate(parts)
@@ -99,6 +115,7 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
     entries = [e for e in scan_repository(repo) if e.name in examples and e.config is not None and e.versions]
     entries.sort(key=lambda e: (_ORDER.get(e.config.platform, 9) if e.config else 9, e.name))
     results = []
+    staging = tempfile.TemporaryDirectory(prefix="gpu_check.")
     for entry in entries:
         assert entry.config is not None
         result = Result(entry.name, entry.config.platform)
@@ -107,7 +124,8 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
         try:
             reference_adapter = _adapter(spec)
             reference = _run_all(reference_adapter, x, spec.max_batch_size or len(x))
-            adapter = reference_adapter if device == "cpu" else _adapter(replace(spec, device=device))
+            adapter = reference_adapter if device == "cpu" else _adapter(
+                _on_device(spec, device, build, Path(staging.name)))
         except ModelLoadError as exc:
             result.status = f"unavailable: {exc}"
             continue
@@ -130,6 +148,7 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
         adapter.close()
         if adapter is not reference_adapter:
             reference_adapter.close()
+    staging.cleanup()
     return results
 
 

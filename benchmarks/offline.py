@@ -3,7 +3,8 @@
 ``python -m benchmarks.offline`` loads the model file the server serves, with the same
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
-``runtimes/torchscript.py``), and times one call per batch size: the median of repeated
+``runtimes/torchscript.py``; an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
+it, through its loader's ``boxed_run``), and times one call per batch size: the median of repeated
 calls after a warm-up. ``--inputs`` describes the model's inputs as the server states them
 (JSON: {"batched": bool, "tensors": [{"name", "datatype", "shape"}]}, shapes without the batch
 dim), and the data is generated as for the served requests (``benchmarks.inputs``). Prints
@@ -25,13 +26,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.inputs import SEED, generate
+from gateway.repository.pt2 import is_aoti_package
 
 RESULT_PREFIX = "TGBENCH "
 #: Formats timed offline, and the file a Triton-style repository holds them in.
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "torch_aoti": "model.pt2"}
 #: Metadata platforms (Triton's names, which TensorGate reports too) of those formats.
 PLATFORMS = {"onnxruntime_onnx": "onnx", "onnx": "onnx", "pytorch_libtorch": "torchscript",
-             "torchscript": "torchscript"}
+             "torchscript": "torchscript", "pytorch_torch_export": "torch_export", "torch_export": "torch_export",
+             "pytorch_torch_aoti": "torch_aoti", "torch_aoti": "torch_aoti"}
 Runner = Callable[[list[tuple[str, np.ndarray]]], object]
 
 
@@ -84,7 +87,44 @@ def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
     return f"torch {torch.__version__}", run
 
 
-RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner}
+def torch_export_runner(path: Path, threads: int) -> tuple[str, Runner]:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    module = torch.export.load(str(path)).module()
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(x) for _, x in inputs))
+
+    return f"torch {torch.__version__}", run
+
+
+def torch_aoti_runner(path: Path, threads: int) -> tuple[str, Runner]:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    loader = torch._inductor.aoti_load_package(str(path), run_single_threaded=True).loader
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        with torch.inference_mode():
+            return loader.boxed_run([torch.from_numpy(x) for _, x in inputs])
+
+    return f"torch {torch.__version__} (AOTInductor)", run
+
+
+RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "torch_export": torch_export_runner,
+           "torch_aoti": torch_aoti_runner}
+
+
+def format_of(version: Path) -> str | None:
+    """The timed format whose file a version folder holds (a ``.pt2``'s contents tell which of two)."""
+    for fmt, name in MODEL_FILES.items():
+        if (version / name).is_file() and (fmt != "torch_export" or not is_aoti_package(version / name)):
+            return fmt
+    return None
 
 
 def measure(run: Runner, x: list[tuple[str, np.ndarray]], min_time: float, min_runs: int = 5,
