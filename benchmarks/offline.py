@@ -14,6 +14,7 @@ dim), and the data is generated as for the served requests (``benchmarks.inputs`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -63,11 +64,19 @@ def onnx_runner(path: Path, threads: int) -> tuple[str, Runner]:
     return f"onnxruntime {ort.__version__}", check
 
 
-def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
+def _torch_threads(threads: int) -> None:
+    """The worker's torch threads: ``threads`` intra-op, one inter-op (which torch lets a process set only once)."""
     import torch
 
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    with contextlib.suppress(RuntimeError):  # set already in this process: it keeps its first value
+        torch.set_num_interop_threads(1)
+
+
+def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
+    import torch
+
+    _torch_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
@@ -90,8 +99,7 @@ def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
 def torch_export_runner(path: Path, threads: int) -> tuple[str, Runner]:
     import torch
 
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    _torch_threads(threads)
     module = torch.export.load(str(path)).module()
 
     def run(inputs: list[tuple[str, np.ndarray]]) -> object:
@@ -104,8 +112,7 @@ def torch_export_runner(path: Path, threads: int) -> tuple[str, Runner]:
 def torch_aoti_runner(path: Path, threads: int) -> tuple[str, Runner]:
     import torch
 
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    _torch_threads(threads)
     loader = torch._inductor.aoti_load_package(str(path), run_single_threaded=True).loader
 
     def run(inputs: list[tuple[str, np.ndarray]]) -> object:
