@@ -14,6 +14,10 @@ import yaml
 
 from tests.helpers import load_script
 
+#: Two whole builds at once take minutes on two busy cores: each compiles an AOTInductor package
+#: (~25 s of CPU), and the two compiles take turns (see export_torch_aoti).
+pytestmark = pytest.mark.timeout(600)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "build_model_repo.py"
 
