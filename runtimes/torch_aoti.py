@@ -63,6 +63,9 @@ class TorchAotiAdapter(TorchAdapter):
                     from None
             self._loaders.put(compiled.loader)
         self._out_spec = pytree.treespec_loads(compiled.loader.get_call_spec()[1])
+        if self._out_spec.num_leaves != len(self.output_names):
+            raise ModelLoadError(f"{self.path}: the package returns {self._out_spec.num_leaves} output(s), but the "
+                                 f"config lists {len(self.output_names)}: {self.output_names}")
 
     def signature(self) -> Signature | None:
         if self._compiled is None:

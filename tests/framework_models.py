@@ -196,6 +196,9 @@ def aoti_models(repo: Path, package: Path) -> None:
     _aoti_model(repo, "small_range_aoti", data, max_batch=16)
     _aoti_model(repo, "contradicts_aoti", data, datatype="INT32")
     _aoti_model(repo, "wide_aoti", data, width=5)
+    _aoti_model(repo, "two_outputs_aoti", data)
+    config = repo / "two_outputs_aoti" / "config.yaml"
+    config.write_text(config.read_text().replace("outputs:\n", "outputs:\n  - {name: z, datatype: FP32, shape: [4]}\n"))
     _aoti_model(repo, "cuda_package_aoti", _recompiled_for(data, "cuda"))
     _aoti_model(repo, "truncated_aoti", data[: len(data) // 2])
     _aoti_model(repo, "garbage_aoti", b"this is not a package at all")

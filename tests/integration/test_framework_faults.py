@@ -75,6 +75,7 @@ BROKEN = {
     "small_range_aoti": ["small_range_aoti/1/model.pt2", "compiled for batch 2..8 but max_batch_size is 16"],
     "contradicts_aoti": ["contradicts_aoti/1", "'x'", "FP32", "INT32"],
     "wide_aoti": ["wide_aoti/1", "'x'", "shape [4] in the model but [5] in the config"],
+    "two_outputs_aoti": ["two_outputs_aoti/1/model.pt2", "returns 1 output(s), but the config lists 2"],
     "cuda_package_aoti": ["cuda_package_aoti/1/model.pt2", "compiled for cuda, but the instance runs on cpu"],
     "truncated_aoti": ["truncated_aoti/1/model.pt2", "not a usable AOTInductor package"],
     "garbage_aoti": ["garbage_aoti/1/model.pt2", "not a usable AOTInductor package", "not a zip file"],
