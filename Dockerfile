@@ -1,7 +1,7 @@
 # TensorGate image: `tensorgate serve` over the model repository mounted at /models.
 #
 #   docker build -t tensorgate:onnx .                                  # ONNX Runtime only (default)
-#   docker build --build-arg RUNTIMES=torch -t tensorgate:torch .       # or tensorflow, jax, all, "onnx,torch"
+#   docker build --build-arg RUNTIMES=torch -t tensorgate:torch .       # or tensorflow, jax, tflite, all, "onnx,torch"
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
 #                --build-arg RUNTIMES=torch -t tensorgate:torch-cuda .  # CUDA base
 #   docker run -p 8000-8002:8000-8002 -v "$PWD/model_repo:/models:ro" tensorgate:onnx
@@ -34,8 +34,8 @@ FROM base AS build
 ARG RUNTIMES=onnx
 RUN IFS=','; for runtime in ${RUNTIMES}; do \
       case "${runtime}" in \
-        onnx|torch|tensorflow|jax|all) ;; \
-        *) echo "RUNTIMES: '${runtime}' is not one of onnx, torch, tensorflow, jax, all" >&2; exit 1 ;; \
+        onnx|torch|tensorflow|jax|tflite|all) ;; \
+        *) echo "RUNTIMES: '${runtime}' is not one of onnx, torch, tensorflow, jax, tflite, all" >&2; exit 1 ;; \
       esac; \
     done
 WORKDIR /src

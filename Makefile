@@ -3,14 +3,28 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# TF Serving's client stubs, for the tests of TF Serving's API. Installed without their dependencies:
+# they ask for the `tensorflow` distribution, whose modules tensorflow-cpu (in [test]) already provides.
+TFSERVING_API := tensorflow-serving-api==2.21.0
+# KServe's Python SDK, whose pins clash with ours, in a venv of its own (the KServe client tests run it).
+KSERVE_VENV  := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: serve test lint typecheck unit proto model_repo clean
+.PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps '$(TFSERVING_API)'
 	touch $(STAMP)
+
+$(KSERVE_STAMP): tests/kserve-sdk-requirements.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet -r tests/kserve-sdk-requirements.txt
+	touch $(KSERVE_STAMP)
+
+kserve-sdk: $(KSERVE_STAMP)
 
 # Build the example models (offline, reproducible) when any is missing.
 model_repo: $(STAMP)
@@ -25,12 +39,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/python -m pytest -q
+# Prometheus, promtool and wrk: installed when this user may, else the exact command is printed.
+test-tools:
+	scripts/test_tools.sh
+
+# Every skipped test is reported as a failure here (TENSORGATE_NO_SKIPS: tests/no_skips.py).
+test: test-tools lint typecheck $(KSERVE_STAMP)
+	TENSORGATE_NO_SKIPS=1 $(BIN)/python -m pytest -q
 
 # Regenerate gateway/grpc/generated from proto/ (a test fails when they drift apart).
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) .mypy_cache .ruff_cache .pytest_cache

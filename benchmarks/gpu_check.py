@@ -11,13 +11,17 @@ uses, once on the CPU (the reference) and once on ``--device``; sends scikit-lea
 test split through both; checks that the device's logits match the CPU's within ``--atol``;
 and times a few batch sizes on the device (median of ``--repeats`` runs after a warm-up,
 host-to-device copies and results back on the host included). It prints one table row per
-model. An AOTInductor package runs only on the device type it was compiled for, so for a GPU
-the script compiles the digits package again, for that GPU, from the same weights (a minute or
-so), and loads that one on the device. A model that cannot be loaded on the device (a
-framework build without CUDA, say) is reported with the reason.
+model. A model that cannot be loaded on the device (a framework build without CUDA, say) is
+reported with the reason. A model whose framework is not installed here (no TensorFlow on the
+GPU machine, say) is skipped, with the missing module named. LiteRT (``tflite``) has no NVIDIA
+GPU delegate: its models run on the CPU whatever ``--device`` says, and their row says so. An
+AOTInductor package runs only on the device type it was compiled for, so for a GPU the script
+compiles the digits package again, for that GPU, from the same weights (a minute or so), and
+loads that one on the device.
 
-Exit status: 0 when every model loaded and matched; 1 when a model's outputs differ; 2 when
-a model could not be loaded on the device (and none differed).
+Exit status: 0 when every model that could be tried loaded and matched; 1 when a model's
+outputs differ; 2 when a model could not be loaded on the device (and none differed), or
+when every model was skipped.
 """
 
 from __future__ import annotations
@@ -49,13 +53,16 @@ from runtimes.base import ModelLoadError, RuntimeAdapter  # noqa: E402
 from runtimes.worker import ADAPTERS  # noqa: E402
 
 #: Framework import order: TensorFlow first, so that it never sees (and imports) jax itself.
-_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "torch_aoti": 2, "jax": 3}
+_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "torch_aoti": 2, "jax": 3, "tflite": 4}
+#: Platforms whose runtime runs on the CPU only: timed there, whatever the device asked for.
+CPU_ONLY = {"tflite"}
 
 
 @dataclass
 class Result:
     model: str
     platform: str
+    device: str
     status: str = "ok"
     max_diff: float | None = None
     millis: dict[int, float] = field(default_factory=dict)
@@ -118,14 +125,18 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
     staging = tempfile.TemporaryDirectory(prefix="gpu_check.")
     for entry in entries:
         assert entry.config is not None
-        result = Result(entry.name, entry.config.platform)
+        target = "cpu" if entry.config.platform in CPU_ONLY else device
+        result = Result(entry.name, entry.config.platform, target)
         results.append(result)
         spec = _spec(repo, entry.name, max(entry.versions), "cpu")
         try:
             reference_adapter = _adapter(spec)
             reference = _run_all(reference_adapter, x, spec.max_batch_size or len(x))
-            adapter = reference_adapter if device == "cpu" else _adapter(
-                _on_device(spec, device, build, Path(staging.name)))
+            adapter = reference_adapter if target == "cpu" else _adapter(
+                _on_device(spec, target, build, Path(staging.name)))
+        except ImportError as exc:
+            result.status = f"skipped: {entry.config.platform} needs {exc.name or exc}, not installed here"
+            continue
         except ModelLoadError as exc:
             result.status = f"unavailable: {exc}"
             continue
@@ -152,13 +163,13 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
     return results
 
 
-def table(results: list[Result], device: str, batch_sizes: list[int]) -> str:
+def table(results: list[Result], batch_sizes: list[int]) -> str:
     head = ["model", "platform", "device", "status", "max |diff| vs cpu",
             *(f"ms @ batch {b}" for b in batch_sizes), f"rows/s @ batch {batch_sizes[-1]}"]
     rows = [head, ["---"] * len(head)]
     for r in results:
         rate = f"{batch_sizes[-1] / r.millis[batch_sizes[-1]] * 1000:,.0f}" if batch_sizes[-1] in r.millis else "-"
-        rows.append([r.model, r.platform, device, r.status, "-" if r.max_diff is None else f"{r.max_diff:.2e}",
+        rows.append([r.model, r.platform, r.device, r.status, "-" if r.max_diff is None else f"{r.max_diff:.2e}",
                      *(f"{r.millis[b]:.3f}" if b in r.millis else "-" for b in batch_sizes), rate])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
@@ -178,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"{args.repo}: no models (build them with `make model_repo`)", file=sys.stderr)
         return 2
-    print(table(results, args.device, batch_sizes))
+    print(table(results, batch_sizes))
     if any(r.status.startswith("MISMATCH") for r in results):
         return 1
-    return 2 if any(r.status != "ok" for r in results) else 0
+    tried = [r for r in results if not r.status.startswith("skipped")]
+    return 2 if not tried or any(r.status != "ok" for r in tried) else 0
 
 
 if __name__ == "__main__":

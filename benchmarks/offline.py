@@ -4,11 +4,13 @@
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
 ``runtimes/torchscript.py``; an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
-it, through its loader's ``boxed_run``), and times one call per batch size: the median of repeated
-calls after a warm-up. ``--inputs`` describes the model's inputs as the server states them
-(JSON: {"batched": bool, "tensors": [{"name", "datatype", "shape"}]}, shapes without the batch
-dim), and the data is generated as for the served requests (``benchmarks.inputs``). Prints
-``TGBENCH {json}``: {"framework", "threads", "batches": {size: {"median_ms", "mean_ms", "runs"}}}.
+it, through its loader's ``boxed_run``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which
+holds the interpreter, its shape cache and the quantization the server applies), and times one call
+per batch size: the median of repeated calls after a warm-up. ``--inputs`` describes the
+model's inputs as the server states them (JSON: {"batched": bool, "tensors": [{"name",
+"datatype", "shape"}]}, shapes without the batch dim), and the data is generated as for the
+served requests (``benchmarks.inputs``). Prints ``TGBENCH {json}``: {"framework", "threads",
+"batches": {size: {"median_ms", "mean_ms", "runs"}}}.
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from gateway.repository.pt2 import is_aoti_package
 
 RESULT_PREFIX = "TGBENCH "
 #: Formats timed offline, and the file a Triton-style repository holds them in.
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "torch_aoti": "model.pt2"}
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "torch_aoti": "model.pt2",
+               "tflite": "model.tflite"}
 #: Metadata platforms (Triton's names, which TensorGate reports too) of those formats.
 PLATFORMS = {"onnxruntime_onnx": "onnx", "onnx": "onnx", "pytorch_libtorch": "torchscript",
              "torchscript": "torchscript", "pytorch_torch_export": "torch_export", "torch_export": "torch_export",
-             "pytorch_torch_aoti": "torch_aoti", "torch_aoti": "torch_aoti"}
+             "pytorch_torch_aoti": "torch_aoti", "torch_aoti": "torch_aoti", "tflite": "tflite"}
 Runner = Callable[[list[tuple[str, np.ndarray]]], object]
+#: A format's runner factory: (model file, framework threads, whether the server batches the model).
+RunnerFactory = Callable[[Path, int, bool], tuple[str, Runner]]
 
 
-def onnx_runner(path: Path, threads: int) -> tuple[str, Runner]:
+def onnx_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -73,7 +78,7 @@ def _torch_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
+def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     import torch
 
     _torch_threads(threads)
@@ -96,7 +101,7 @@ def torchscript_runner(path: Path, threads: int) -> tuple[str, Runner]:
     return f"torch {torch.__version__}", run
 
 
-def torch_export_runner(path: Path, threads: int) -> tuple[str, Runner]:
+def torch_export_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     import torch
 
     _torch_threads(threads)
@@ -109,7 +114,7 @@ def torch_export_runner(path: Path, threads: int) -> tuple[str, Runner]:
     return f"torch {torch.__version__}", run
 
 
-def torch_aoti_runner(path: Path, threads: int) -> tuple[str, Runner]:
+def torch_aoti_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     import torch
 
     _torch_threads(threads)
@@ -122,8 +127,29 @@ def torch_aoti_runner(path: Path, threads: int) -> tuple[str, Runner]:
     return f"torch {torch.__version__} (AOTInductor)", run
 
 
-RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "torch_export": torch_export_runner,
-           "torch_aoti": torch_aoti_runner}
+def tflite_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+    """The server's own adapter: the interpreter's run plus the (de)quantizing, and a fixed batch dimension
+    run in pieces when the server batches the model (as it does then)."""
+    from importlib.metadata import version
+
+    from gateway.contract import LoadModel
+    from runtimes.tflite import TFLiteAdapter
+
+    spec = LoadModel(key=f"{path}:offline", model_name=path.parent.parent.name, path=str(path.parent),
+                     platform="tflite", max_batch_size=1 if batched else 0, device="cpu", instances=1,
+                     parameters={"intra_op_threads": threads}, filename=path.name)
+    adapter = TFLiteAdapter(spec)
+    outputs = [t.name for t in adapter.signature().outputs]
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        return adapter.execute(dict(inputs), outputs)
+
+    return f"ai-edge-litert {version('ai-edge-litert')}", run
+
+
+RUNNERS: dict[str, RunnerFactory] = {"onnx": onnx_runner, "torchscript": torchscript_runner,
+                                     "torch_export": torch_export_runner, "torch_aoti": torch_aoti_runner,
+                                     "tflite": tflite_runner}
 
 
 def format_of(version: Path) -> str | None:
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
     args = parser.parse_args(argv)
     description = json.loads(args.inputs)
-    framework, run = RUNNERS[args.format](args.model_file, args.threads)
+    framework, run = RUNNERS[args.format](args.model_file, args.threads, bool(description["batched"]))
     rng = np.random.default_rng(SEED)
     batches = {}
     for size in sorted({int(s) for s in args.batch_sizes.split(",") if s}):

@@ -382,8 +382,8 @@ def _offline_source(cfg: RunConfig, signature: Signature) -> tuple[Path | None, 
 
 
 def _config_threads(signature: Signature) -> int | None:
-    """The framework's intra-op threads from the model config (TensorGate's and Triton ONNX's names)."""
-    for key in ("intra_op_threads", "intra_op_thread_count"):
+    """The framework's intra-op threads from the model config (TensorGate's, Triton ONNX's and TFLite's names)."""
+    for key in ("intra_op_threads", "intra_op_thread_count", "tflite_num_threads"):
         value = signature.parameters.get(key, "")
         if value.isdigit() and int(value) > 0:
             return int(value)

@@ -3,15 +3,20 @@
 import argparse
 import os
 import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
 
 import uvloop
 
 from gateway.logs import configure
+from gateway.repository.mounted import MountError, stage
 from gateway.settings import SettingsError, add_serve_arguments, settings_from
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tensorgate", description="Open Inference Protocol model server")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('tensorgate')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve a model repository over REST and gRPC")
     add_serve_arguments(serve_parser)
@@ -31,14 +36,26 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         from gateway.server import serve
 
-        configure(args.log_level)
         try:
             settings = settings_from(args)
         except SettingsError as exc:
-            parser.error(str(exc))
+            serve_parser.error(str(exc))
+        configure(settings.log_level, settings.log_format)
         if not settings.model_repo.is_dir():
-            parser.error(f"--model-repo {settings.model_repo}: no such directory")
-        return uvloop.run(serve(settings))
+            serve_parser.error(f"--model-repo {settings.model_repo}: no such directory")
+        if not settings.model_name:
+            return uvloop.run(serve(settings))
+        try:
+            staging = tempfile.TemporaryDirectory(prefix="tensorgate-mounted-")
+        except OSError as exc:
+            serve_parser.error(f"--model-name: no writable temporary folder for the model's links ({exc}); "
+                               f"mount an emptyDir at /tmp or set TMPDIR")
+        with staging:
+            try:
+                repo = stage(settings.model_repo, settings.model_name, Path(staging.name))
+            except MountError as exc:
+                serve_parser.error(str(exc))
+            return uvloop.run(serve(settings.model_copy(update={"model_repo": repo})))
     elif args.command == "bench":
         if getattr(args, "bench_missing", False):
             parser.error("bench: the benchmarks package is not installed (pip install -e '.[bench]')")

@@ -4,9 +4,10 @@ Imported by the supervisor, the frontends and the runtime workers alike, and by 
 knows a transport or a framework. Three kinds of conversation use these messages (all framed
 by ``gateway.workers.ipc``):
 
-- supervisor -> runtime worker (control): ``LoadModel``, ``WarmUp``, ``UnloadModel``, ``WorkerSnapshot``;
+- supervisor -> runtime worker (control): ``LoadModel``, ``WarmUp``, ``UnloadModel``, ``WorkerSnapshot``,
+  ``ProcessSnapshot``;
 - supervisor <-> frontend (control): ``ModelTable``, ``SharedMemoryRegions``, ``Drain``, ``Stop``,
-  ``FrontendSnapshot`` one way; ``LoadRequest``, ``UnloadRequest``, ``IndexRequest`` (answered by
+  ``FrontendSnapshot``, ``ProcessSnapshot`` one way; ``LoadRequest``, ``UnloadRequest``, ``IndexRequest`` (answered by
   ``RepositoryReply``) and ``SharedMemoryRegions`` the other;
 - frontend <-> runtime worker (data): ``Submit``, ``Cancel``, ``Release``, ``Failed``, ``Fence``,
   ``StatsQuery`` one way, ``Results`` the other. Tensors travel as ``TensorRef`` into a shared
@@ -338,6 +339,12 @@ class Stop:
 @dataclass(frozen=True, slots=True)
 class FrontendSnapshot:
     """Ask a frontend for its request metrics and how many requests it has in progress."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshot:
+    """Ask a frontend or a runtime worker for its ``process_*`` and ``python_*`` families
+    (``gateway.process_metrics``)."""
 
 
 @dataclass(slots=True)

@@ -163,7 +163,7 @@ class DataPlane:
         raise NotFound(f"model '{name}' has no version '{version}' (served versions: {served})")
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        model = self._ready(name, version)
+        model = self.ready_model(name, version)
         assert model.signature is not None
         batch = (-1,) if model.max_batch_size > 0 else ()
         return {
@@ -176,7 +176,7 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         """The effective config in the JSON shape of Triton's ModelConfig."""
-        return self._ready(name, version).config
+        return self.ready_model(name, version).config
 
     def model_index(self) -> list[dict[str, Any]]:
         """Every model version with its state, and the reason when it is not ready."""
@@ -284,6 +284,12 @@ class DataPlane:
                 self.links.failed(model.framework, counted_here, elapsed)
             self.metrics.observe_request(name, version, protocol, _outcome(exc), elapsed / 1e9)
             raise
+        except asyncio.CancelledError:
+            # The client hung up (or its gRPC deadline passed): not a server error, and already
+            # out of the queue (the link cancelled it there).
+            self.metrics.observe_request(name, version, protocol, "cancelled", (time.monotonic_ns() - started) / 1e9)
+            log_event(log, "request_cancelled", level=logging.DEBUG, model=name, version=version, protocol=protocol)
+            raise
         finally:
             self.in_flight -= 1
         outputs = [InferOutput(n, datatype_of(answer.outputs[n].dtype), answer.outputs[n]) for n in output_names]
@@ -292,10 +298,12 @@ class DataPlane:
 
     async def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
         """Triton-shaped statistics of one model (one or all of its versions), or of every model."""
-        if name:
-            models = [self.model(name, version)] if version else self._versions(name)
-        else:
+        if not name:
             models = list(self._table.models)
+        elif version:
+            models = [self.model(name, version)]
+        else:
+            models = self.versions(name)
         loaded = [m for m in models if m.version is not None and m.framework in self._table.workers]
         by_framework: dict[str, list[str]] = {}
         for model in loaded:
@@ -309,11 +317,13 @@ class DataPlane:
                 continue  # a worker that is restarting has no statistics to report yet
         return [stats[m.key] for m in loaded if m.key in stats]
 
-    def _versions(self, name: str) -> list[ServedModel]:
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every version of model ``name`` in the table, ascending; NotFound for an unknown model."""
         self.model(name, None)  # NotFound for an unknown model
         return list(self._models[name])
 
-    def _ready(self, name: str, version: str | None) -> ServedModel:
+    def ready_model(self, name: str, version: str | None) -> ServedModel:
+        """The version ``model(name, version)`` resolves to, if it is ready; NotFound or Unavailable otherwise."""
         model = self.model(name, version)
         _check_ready(model)
         return model

@@ -21,6 +21,7 @@ from typing import Any
 
 import uvloop
 
+from gateway.access_log import AccessLog
 from gateway.contract import (
     Drain,
     FrontendSnapshot,
@@ -28,6 +29,7 @@ from gateway.contract import (
     IndexRequest,
     LoadRequest,
     ModelTable,
+    ProcessSnapshot,
     RepositoryReply,
     SharedMemoryRegions,
     Stop,
@@ -37,12 +39,15 @@ from gateway.dataplane import DataPlane, WorkerLinks
 from gateway.grpc.servicer import create_grpc_server
 from gateway.logs import configure
 from gateway.metrics import RequestMetrics
+from gateway.process_metrics import own_families
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.protocol.system_shm import Registration, SystemSharedMemory
 from gateway.rest.app import create_app
+from gateway.rest.health_port import health_server
 from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
+from gateway.tls import FrontendTls, TlsFiles
 from gateway.workers.ipc import CallFailed, ConnectionGone, Peer
 
 #: Each shared-memory arena (one for requests, one for answers, per worker): address space, not memory;
@@ -59,10 +64,15 @@ class Frontend:
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
         self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        access = AccessLog() if settings.access_log else None
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
-                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30)
+                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30,
+                               access_log=access)
+        self.health = health_server(self.plane) if settings.health_port else None
+        files = TlsFiles.from_settings(settings)
+        self.tls = None if files is None else FrontendTls(files)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
-                                       self.shm)
+                                       self.shm, None if self.tls is None else self.tls.grpc.credentials, access)
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -74,6 +84,8 @@ class Frontend:
             self.shm.apply(body.registrations)
         elif isinstance(body, FrontendSnapshot):
             return self._state()
+        elif isinstance(body, ProcessSnapshot):
+            return own_families()
         elif isinstance(body, Drain):
             self.plane.draining = True
             return self._state()  # counted at the moment the drain began
@@ -108,7 +120,12 @@ class Frontend:
     async def run(self, control_fd: int) -> None:
         settings = self.settings
         await self.grpc.start()
-        await self.rest.start(settings.host, settings.http_port, reuse_port=True)
+        await self.rest.start(settings.host, settings.http_port, reuse_port=True,
+                              tls=None if self.tls is None else self.tls.rest.context)
+        if self.tls is not None:
+            self.tls.watcher.start()
+        if self.health is not None:
+            await self.health.start(settings.host, settings.health_port, reuse_port=True)
         # What start-up allocated lives for good: out of the collector's way, so a full collection
         # never stalls the loop for tens of milliseconds under load (the old REST p99 tail).
         gc.collect()
@@ -117,7 +134,12 @@ class Frontend:
         _, self._control = await loop.create_unix_connection(lambda: Peer(self.handle, lambda: self._finish(0.0)),
                                                              sock=socket.socket(fileno=control_fd))
         grace = await self._stop
-        await asyncio.gather(self.rest.close(grace), self.grpc.stop(grace=grace))
+        if self.tls is not None:
+            await self.tls.watcher.stop()
+        closing = [self.rest.close(grace), self.grpc.stop(grace=grace)]
+        if self.health is not None:
+            closing.append(self.health.close(grace))
+        await asyncio.gather(*closing)
 
 
 async def _main(control_fd: int, settings: Settings) -> None:
@@ -127,7 +149,7 @@ async def _main(control_fd: int, settings: Settings) -> None:
 def main(argv: list[str]) -> int:
     index, settings, control_fd = int(argv[0]), Settings.from_json(argv[1]), int(argv[2])
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    configure(settings.log_level, f"frontend-{index}")
+    configure(settings.log_level, settings.log_format, f"frontend-{index}")
     uvloop.run(_main(control_fd, settings))
     return 0
 

@@ -56,8 +56,8 @@ class FrontendPool:
         self.replacements = 0
         self._background: set[asyncio.Task[None]] = set()
 
-    def pids(self) -> dict[str, int | None]:
-        return {f"frontend-{i}": f.pid for i, f in sorted(self._frontends.items())}
+    def children(self) -> list[ChildProcess]:
+        return [f for _, f in sorted(self._frontends.items())]
 
     async def start(self) -> None:
         """Start every frontend and wait until each is listening with the current table."""

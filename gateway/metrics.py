@@ -11,7 +11,6 @@ samples whatever the number of frontends. Base units, labels ``model`` and ``ver
 ``render_triton``) computed from the same statistics as ``/v2/models/stats``; ours stay.
 """
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,13 +21,13 @@ from prometheus_client.registry import Collector
 
 from gateway.contract import FrontendState, ModelGauges
 from gateway.histogram import Histogram
+from gateway.process_metrics import labelled
 from gateway.repository.repository import ModelVersion, State
 from gateway.scheduling.stats import FAILURE_REASONS, ModelStats
 
-OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout")
+#: ``cancelled``: the client went away (hung up, cancelled the call, or its deadline passed) before its answer.
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
 PROTOCOLS = ("rest", "grpc")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(slots=True)
@@ -66,8 +65,8 @@ class ServerView:
     versions: list[ModelVersion]
     frontends: list[FrontendState]
     models: dict[str, ModelGauges]
-    #: process label -> pid: the supervisor, each frontend, each worker (by framework).
-    processes: dict[str, int | None]
+    #: process label (supervisor, frontend-N, worker-FRAMEWORK) -> its process_* and python_* families.
+    processes: dict[str, list[Metric]]
     workers_up: dict[str, bool]
     worker_restarts: dict[str, int]
 
@@ -179,23 +178,13 @@ class _Families(Collector):
         up = GaugeMetricFamily("tensorgate_worker_up", "1 while the framework's runtime worker is running.",
                                labels=["framework"])
         restarts = CounterMetricFamily("tensorgate_worker_restarts", "Runtime worker restarts.", labels=["framework"])
-        memory = GaugeMetricFamily("tensorgate_process_resident_memory_bytes",
-                                   "Resident memory of the supervisor, each frontend and each runtime worker.",
-                                   labels=["process"])
-        cpu = CounterMetricFamily("tensorgate_process_cpu_seconds",
-                                  "CPU time of the supervisor, each frontend and each runtime worker.",
-                                  labels=["process"])
         view = self._view
         for framework in sorted(set(view.workers_up) | set(view.worker_restarts)):
             if framework in view.workers_up:
                 up.add_metric([framework], 1.0 if view.workers_up[framework] else 0.0)
             restarts.add_metric([framework], view.worker_restarts.get(framework, 0))
-        for name, pid in view.processes.items():
-            usage = process_usage(pid)
-            if usage is not None:
-                memory.add_metric([name], usage[0])
-                cpu.add_metric([name], usage[1])
-        yield from (up, restarts, memory, cpu)
+        yield from (up, restarts)
+        yield from labelled(view.processes)
 
 
 # --- Triton's names (--metrics-compat triton) ------------------------------------------------------
@@ -241,7 +230,8 @@ TRITON_FAMILIES: tuple[tuple[str, str, str, Callable[[ModelStats, ModelGauges], 
      "Requests accepted by the model's scheduler and waiting in its queue (not yet executing).",
      lambda _, gauges: gauges.queued),
 )
-_FAILURE_HELP = ("Failed inference requests by reason: REJECTED (queue full or queue timeout), CANCELED, "
+_FAILURE_HELP = ("Failed inference requests by reason: REJECTED (queue full or queue timeout), CANCELED (the client "
+                 "went away first), "
                  "BACKEND (the model's execution failed), OTHER.")
 _LOAD_TIME_HELP = "Time the model version's last load took, in seconds."
 
@@ -253,6 +243,15 @@ def _label_value(text: str) -> str:
 def _sample(name: str, labels: dict[str, str], value: float) -> str:
     pairs = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
     return f"{name}{{{pairs}}} {value if isinstance(value, int) else repr(float(value))}\n"
+
+
+def _cancelled(frontends: list[FrontendState]) -> dict[tuple[str, str], int]:
+    """Requests whose client went away, by (model, version), counted by the frontends (REST and gRPC)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for frontend in frontends:
+        for (model, version, _), (outcomes, _, _) in frontend.requests.items():
+            counts[model, version] += outcomes.get("cancelled", 0)
+    return counts
 
 
 def render_triton(view: ServerView) -> bytes:
@@ -269,12 +268,15 @@ def render_triton(view: ServerView) -> bytes:
             lines.append(_sample(name, {"model": mv.name, "version": str(mv.version)}, value(gauges.stats, gauges)))
     lines += ["# HELP nv_inference_request_failure " + _FAILURE_HELP + "\n",
               "# TYPE nv_inference_request_failure counter\n"]
+    cancelled = _cancelled(view.frontends)
     for mv, gauges in loaded:
         stats: ModelStats = gauges.stats
         for reason in FAILURE_REASONS:
+            count = stats.fail_reasons.get(reason, 0)
+            if reason == "CANCELED":
+                count += cancelled.get((mv.name, str(mv.version)), 0)
             lines.append(_sample("nv_inference_request_failure",
-                                 {"model": mv.name, "version": str(mv.version), "reason": reason},
-                                 stats.fail_reasons.get(reason, 0)))
+                                 {"model": mv.name, "version": str(mv.version), "reason": reason}, count))
     lines += [f"# HELP nv_model_load_duration_secs {_LOAD_TIME_HELP}\n", "# TYPE nv_model_load_duration_secs gauge\n"]
     for mv, _ in loaded:
         if mv.load_seconds is not None:
@@ -282,17 +284,3 @@ def render_triton(view: ServerView) -> bytes:
                                  mv.load_seconds))
     return "".join(lines).encode()
 
-
-def process_usage(pid: int | None) -> tuple[float, float] | None:
-    """(resident bytes, CPU seconds) of a process from /proc, or None if it is gone."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{pid}/statm") as statm:
-            resident_pages = int(statm.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    cpu_seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
-    return resident_pages * _PAGE_SIZE, cpu_seconds

@@ -28,11 +28,11 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -42,11 +42,13 @@ from gateway.frontends import FrontendPool, FrontendStartFailed
 from gateway.lifecycle import ModelLifecycle
 from gateway.logs import log_event
 from gateway.metrics import ServerView, render
+from gateway.process_metrics import children_families, own_families
 from gateway.protocol.errors import TensorGateError
 from gateway.repository.config import METADATA_PLATFORM
 from gateway.repository.repository import Model, ModelVersion, Repository, State
 from gateway.repository.triton_config import triton_config
 from gateway.settings import Settings
+from gateway.tls import ReloadingContext, TlsError, TlsFiles, TlsMaterial, TlsWatcher, load, log_loaded
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("tensorgate.server")
@@ -67,7 +69,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = Repository(settings.model_repo)
-        self.pool = WorkerPool(self._worker_restarted, self._changed)
+        self.pool = WorkerPool(self._worker_restarted, self._changed, settings.log_level, settings.log_format)
         self.lifecycle = ModelLifecycle(self.repository, self.pool, self._changed, self._publish_now,
                                         settings.model_control_mode)
         self.frontends = FrontendPool(settings, self.table, self._repository_call)
@@ -148,10 +150,11 @@ class Supervisor:
 
     async def view(self) -> ServerView:
         """What a metrics scrape reports, from every process."""
-        frontends, models = await asyncio.gather(self.frontends.snapshots(), self.pool.snapshot())
-        processes: dict[str, int | None] = {"supervisor": os.getpid(), **self.frontends.pids(), **self.pool.pids()}
-        return ServerView(self.repository.all_versions(), frontends, models, processes,
-                          {f: self.pool.alive(f) for f in self.pool.pids()}, dict(self.pool.restarts))
+        frontends, models, children = await asyncio.gather(
+            self.frontends.snapshots(), self.pool.snapshot(),
+            children_families([*self.frontends.children(), *self.pool.children()]))
+        return ServerView(self.repository.all_versions(), frontends, models, {"supervisor": own_families(), **children},
+                          {f: self.pool.alive(f) for f in self.pool.frameworks()}, dict(self.pool.restarts))
 
     async def metrics_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The metrics port: every path answers the Prometheus text exposition."""
@@ -208,12 +211,18 @@ def check_port_free(host: str, port: int, what: str) -> None:
 async def serve(settings: Settings) -> int:
     """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop."""
     started = time.perf_counter()
+    tls_files = TlsFiles.from_settings(settings)
     try:
+        tls = None if tls_files is None else load(tls_files)  # before any child starts: one clear refusal
         check_port_free(settings.host, settings.http_port, "the REST")
         check_port_free(settings.host, settings.grpc_port, "the gRPC")
-    except PortInUse as exc:
+        if settings.health_port:
+            check_port_free(settings.host, settings.health_port, "the health")
+    except (PortInUse, TlsError) as exc:
         log_event(log, "startup_failed", level=logging.ERROR, reason=str(exc))
         return 1
+    if tls is not None:
+        log_loaded(tls, "tls_loaded")
     supervisor = Supervisor(settings)
 
     stop = asyncio.Event()
@@ -245,13 +254,13 @@ async def serve(settings: Settings) -> int:
         return 1
     metrics_server = None
     metrics_task = None
+    metrics_tls = None
     if settings.metrics_port:
-        metrics_server = _UvicornServer(uvicorn.Config(
-            supervisor.metrics_app, host=settings.host, port=settings.metrics_port, loop="none", lifespan="off",
-            interface="asgi3", log_level="warning", access_log=False))
+        metrics_server, metrics_tls = _metrics_server(supervisor, tls_files, tls)
         metrics_task = asyncio.create_task(metrics_server.serve())
     log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,
-              metrics_port=settings.metrics_port, frontends=settings.frontends)
+              metrics_port=settings.metrics_port, health_port=settings.health_port, frontends=settings.frontends,
+              tls=tls is not None, mtls=settings.tls_client_ca is not None)
 
     await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
@@ -279,10 +288,32 @@ async def serve(settings: Settings) -> int:
     await supervisor.pool.close()
     await supervisor.frontends.stop(_FINAL_GRACE_S)
     if metrics_server is not None and metrics_task is not None:
+        if metrics_tls is not None:
+            await metrics_tls.stop()
         metrics_server.should_exit = True
         await metrics_task
     log_event(log, "stopped", seconds=time.monotonic() - drain_started)
     return 0
+
+
+def _metrics_server(supervisor: Supervisor, tls_files: TlsFiles | None,
+                   tls: TlsMaterial | None) -> tuple[_UvicornServer, TlsWatcher | None]:
+    """The metrics port's server, over TLS (following rotations) when TLS is on."""
+    settings = supervisor.settings
+    context = None if tls is None else ReloadingContext(tls)
+
+    def ssl_context(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        assert context is not None
+        return context.context
+
+    config = uvicorn.Config(supervisor.metrics_app, host=settings.host, port=settings.metrics_port, loop="none",
+                            lifespan="off", interface="asgi3", log_level="warning", access_log=False,
+                            log_config=None, ssl_context_factory=None if context is None else ssl_context)
+    if tls_files is None or tls is None or context is None:
+        return _UvicornServer(config), None
+    watcher = TlsWatcher(tls_files, tls, [context.update])
+    watcher.start()
+    return _UvicornServer(config), watcher
 
 
 async def _drain(frontends: FrontendPool, in_progress: tuple[int, int], deadline: float,

@@ -1,13 +1,22 @@
-"""Server settings: command-line flags, each with a ``TENSORGATE_*`` environment default."""
+"""Server settings: one validated model, read from command-line flags over ``TENSORGATE_*`` variables.
+
+Every setting is a field of :class:`Settings`; the ``serve`` flags are generated from the fields, so a
+flag and its environment variable can never disagree on type, range or choices, and a bad value is
+refused with a message that names the flag or the variable it came from.
+"""
 
 import argparse
-import dataclasses
-import json
+import math
 import os
-from dataclasses import dataclass
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+ENV_PREFIX = "TENSORGATE_"
 #: --metrics-compat choices: which other server's metric names to export as well as ours.
 METRICS_COMPAT = ("none", "triton")
 
@@ -30,159 +39,186 @@ def default_frontends() -> int:
     return max(1, min(8, available_cpus() // 2))
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    model_repo: Path = Path("model_repo")
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    log_level: str = "info"
-    #: Largest accepted request, REST body or gRPC message (a 64 MiB tensor plus its envelope fits).
-    max_request_bytes: int = 128 * MIB
-    #: On SIGTERM, how long to keep serving what is queued and in flight before stopping anyway.
-    drain_timeout: float = 30.0
-    #: Frontend processes sharing the REST and gRPC ports.
-    frontends: int = dataclasses.field(default_factory=default_frontends)
-    #: Ready only when every model is ready (Triton's --strict-readiness); off: ready once loading is done.
-    strict_readiness: bool = True
-    #: Metric names another server uses, exported beside ours: "none", or "triton" (nv_inference_*).
-    metrics_compat: str = "none"
-    #: Triton's model control mode: none (load all at start, then no changes), poll (and rescan the
-    #: repository every repository_poll_secs), explicit (load load_models at start, then the API decides).
-    model_control_mode: str = "none"
-    repository_poll_secs: float = 15.0
-    #: explicit mode: the models loaded at start ("*": all).
-    load_models: tuple[str, ...] = ()
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number of seconds")
+    return value
+
+
+def _lowercase(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _names(value: object) -> object:
+    """A comma-separated list (as the environment gives it) or a sequence of names."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(ge=0), AfterValidator(_finite)]
+Choice = BeforeValidator(_lowercase)
+OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none)]
+
+
+class Settings(BaseSettings):
+    """What ``tensorgate serve`` runs with; the supervisor hands the same object to every child."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_by_name=True)
+
+    model_repo: Path = Field(Path("model_repo"), description="model repository folder")
+    model_name: str = Field(
+        "", description="serve --model-repo as this one model: a folder as KServe's storage initializer mounts "
+                        "it at /mnt/models (a model file, a SavedModel, or version folders; a Triton repository "
+                        "is served as it is); see docs/kserve.md")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    http_port: Port = Field(8000, description="REST port")
+    grpc_port: Port = Field(8001, description="gRPC port")
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8002, description="Prometheus metrics port, 0 to turn metrics off")
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Choice] = Field(
+        "info", description="log level, of every process of the server")
+    log_format: Annotated[Literal["text", "json"], Choice] = Field(
+        "text", description="log lines as text (logfmt: key=value pairs) or json (one object per line); the same "
+                            "fields either way")
+    access_log: bool = Field(
+        False, description="log one line per request (REST and gRPC): model, version, protocol, endpoint, status, "
+                           "duration, request id, client, trace id; never tensor data or header values")
+    max_request_bytes: Annotated[int, Field(ge=1)] = Field(
+        128 * MIB, description="largest REST body or gRPC message accepted, in bytes (default 128 MiB: a 64 MiB "
+                               "tensor plus its envelope fits)")
+    drain_timeout: Seconds = Field(
+        30.0, description="on SIGTERM, seconds to finish the requests queued and in flight while new ones get "
+                          "503 / UNAVAILABLE")
+    frontends: Annotated[int, Field(ge=1, le=64)] = Field(
+        default_factory=default_frontends,
+        description="frontend processes sharing the REST and gRPC ports, doing the protocol work "
+                    "(default: one per two CPUs, 1 to 8)")
+    strict_readiness: bool = Field(
+        True, description="true: /v2/health/ready only when every model is ready; false: ready once the first "
+                          "load of every model has finished, whatever its outcome (per-model readiness tells the "
+                          "rest)")
+    metrics_compat: Annotated[Literal["none", "triton"], Choice] = Field(
+        "none", description="also export another server's metric names: triton adds Triton's nv_inference_* "
+                            "families with its model/version labels, beside TensorGate's own")
+    model_control_mode: Annotated[Literal["none", "poll", "explicit"], Choice] = Field(
+        "none", description="Triton's model control modes. none: load every model at start, change nothing later; "
+                            "poll: the same, then rescan the repository every --repository-poll-secs and load, "
+                            "reload or unload what changed; explicit: load the --load-model models at start, then "
+                            "only what the repository API asks for")
+    repository_poll_secs: Annotated[Seconds, Field(gt=0)] = Field(
+        15.0, description="poll mode: seconds between repository scans")
+    load_models: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)] = Field(
+        (), validation_alias=AliasChoices("load_models", "TENSORGATE_LOAD_MODEL"),
+        description="explicit mode: a model to load at start (repeat for more; '*' alone: every model; the "
+                    "variable takes a comma-separated list)")
+
+    health_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0, description="a plain-HTTP port answering GET /v2/health/live and /v2/health/ready only, for probes "
+                       "that cannot present a client certificate under --tls-client-ca (0: off)")
+    tls_cert: OptionalFile = Field(
+        None, description="PEM certificate (leaf first, then intermediates): TLS on the REST, gRPC and metrics "
+                          "ports, reloaded when the file changes (docs/tls.md)")
+    tls_key: OptionalFile = Field(None, description="unencrypted PEM private key of --tls-cert")
+    tls_client_ca: OptionalFile = Field(
+        None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
+
+    @model_validator(mode="after")
+    def _health_port_is_its_own(self) -> "Settings":
+        others = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        for flag, port in others.items():
+            if self.health_port and self.health_port == port:
+                raise ValueError(f"--health-port {port} is already {flag}: give the health port a port of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise ValueError(f"{given} needs {missing} as well (a certificate and its private key go together)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        return self
+
+    @model_validator(mode="after")
+    def _load_models_fit_the_mode(self) -> "Settings":
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError(f"--load-model applies to --model-control-mode explicit only (the mode is "
+                             f"{self.model_control_mode}, which loads every model)")
+        if "*" in self.load_models and len(self.load_models) > 1:
+            raise ValueError("--load-model '*' loads every model: give it alone, without other names")
+        return self
 
     def to_json(self) -> str:
         """The settings for a child process's command line."""
-        return json.dumps({**dataclasses.asdict(self), "model_repo": str(self.model_repo)})
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
-        document = json.loads(text)
-        return cls(**{**document, "model_repo": Path(document["model_repo"]),
-                      "load_models": tuple(document.get("load_models", ()))})
-
-
-def _env(name: str, default: object) -> str:
-    return os.environ.get(f"TENSORGATE_{name.upper()}", str(default))
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 64, not {text!r}")
-    return value
-
-
-def _poll_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text!r}")
-    return value
-
-
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
-
-
-def _metrics_compat(text: str) -> str:
-    """A --metrics-compat choice; checked here so that a bad TENSORGATE_METRICS_COMPAT fails too."""
-    value = text.strip().lower()
-    if value not in METRICS_COMPAT:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(METRICS_COMPAT)}, not {text!r}")
-    return value
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Settings()
-    parser.add_argument("--model-repo", type=Path, default=Path(_env("model_repo", d.model_repo)),
-                        help="model repository folder (env TENSORGATE_MODEL_REPO; default ./model_repo)")
-    parser.add_argument("--host", default=_env("host", d.host),
-                        help="address to listen on (env TENSORGATE_HOST; default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, default=int(_env("http_port", d.http_port)),
-                        help="REST port (env TENSORGATE_HTTP_PORT; default 8000)")
-    parser.add_argument("--grpc-port", type=int, default=int(_env("grpc_port", d.grpc_port)),
-                        help="gRPC port (env TENSORGATE_GRPC_PORT; default 8001)")
-    parser.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)),
-                        help="Prometheus metrics port, 0 to turn metrics off "
-                             "(env TENSORGATE_METRICS_PORT; default 8002)")
-    parser.add_argument("--log-level", default=_env("log_level", d.log_level),
-                        choices=["debug", "info", "warning", "error"],
-                        help="log level (env TENSORGATE_LOG_LEVEL; default info)")
-    parser.add_argument("--max-request-bytes", type=int,
-                        default=int(_env("max_request_bytes", d.max_request_bytes)),
-                        help="largest REST body or gRPC message accepted, in bytes "
-                             "(env TENSORGATE_MAX_REQUEST_BYTES; default 128 MiB)")
-    parser.add_argument("--drain-timeout", type=_seconds, default=_env("drain_timeout", d.drain_timeout),
-                        help="on SIGTERM, seconds to finish the requests queued and in flight while new ones "
-                             "get 503 / UNAVAILABLE (env TENSORGATE_DRAIN_TIMEOUT; default 30)")
-    parser.add_argument("--frontends", type=_count, default=_env("frontends", d.frontends),
-                        help="frontend processes sharing the REST and gRPC ports, doing the protocol work "
-                             "(env TENSORGATE_FRONTENDS; default: one per two CPUs, 1 to 8)")
-    parser.add_argument("--strict-readiness", type=_boolean, default=_env("strict_readiness", "true"),
-                        help="true: /v2/health/ready only when every model is ready; false: ready once the "
-                             "first load of every model has finished, whatever its outcome (per-model readiness "
-                             "tells the rest) (env TENSORGATE_STRICT_READINESS; default true)")
-    parser.add_argument("--metrics-compat", type=_metrics_compat, metavar="{" + ",".join(METRICS_COMPAT) + "}",
-                        default=_env("metrics_compat", d.metrics_compat),
-                        help="also export another server's metric names: triton adds Triton's nv_inference_* "
-                             "families with its model/version labels, beside TensorGate's own "
-                             "(env TENSORGATE_METRICS_COMPAT; default none)")
-    parser.add_argument("--model-control-mode", default=_env("model_control_mode", d.model_control_mode),
-                        choices=["none", "poll", "explicit"],
-                        help="Triton's model control modes. none: load every model at start, change nothing "
-                             "later; poll: the same, then rescan the repository every --repository-poll-secs and "
-                             "load, reload or unload what changed; explicit: load the --load-model models at "
-                             "start, then only what the repository API asks for "
-                             "(env TENSORGATE_MODEL_CONTROL_MODE; default none)")
-    parser.add_argument("--repository-poll-secs", type=_poll_seconds,
-                        default=_env("repository_poll_secs", d.repository_poll_secs),
-                        help="poll mode: seconds between repository scans "
-                             "(env TENSORGATE_REPOSITORY_POLL_SECS; default 15)")
-    environment_models = [n.strip() for n in _env("load_model", "").split(",") if n.strip()]
-    parser.add_argument("--load-model", action="append", dest="load_models", metavar="NAME", default=None,
-                        help="explicit mode: a model to load at start (repeat for more; '*' alone: every model) "
-                             "(env TENSORGATE_LOAD_MODEL, comma-separated; default none)")
-    parser.set_defaults(environment_load_models=environment_models)
+        """The settings a parent passed on; validated again, and never merged with this process's environment."""
+        return cls.model_validate_json(text)
 
 
 class SettingsError(ValueError):
-    """Flags that do not go together (the message says which)."""
+    """A setting that is out of range, or settings that do not go together (the message says which)."""
+
+
+#: Flags spelled otherwise than their field, and how argparse gathers them.
+_FLAG_NAMES = {"load_models": "--load-model"}
+_REPEATED = {"load_models"}
+_METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
+             "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}"}
+
+
+def flag_name(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + flag_name(field).removeprefix("--").replace("-", "_").upper()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, with its variable and default in the help; values are checked by ``settings_from``."""
+    for field, info in Settings.model_fields.items():
+        default = "" if info.default_factory is not None else f"; default {_shown(info.default)}"
+        choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else None
+        metavar = "{" + ",".join(choices) + "}" if choices else _METAVARS.get(field)
+        # A boolean flag alone means true (``--access-log``); ``--access-log false`` works too.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        parser.add_argument(flag_name(field), dest=field, default=argparse.SUPPRESS, metavar=metavar,
+                            action="append" if field in _REPEATED else "store", **switch,
+                            help=f"{info.description} (env {env_name(field)}{default})")
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default) if default not in ((), "", None) else "none"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    load_models = tuple(args.load_models if args.load_models is not None else args.environment_load_models)
-    if load_models and args.model_control_mode != "explicit":
-        raise SettingsError(f"--load-model applies to --model-control-mode explicit only (the mode is "
-                            f"{args.model_control_mode}, which loads every model)")
-    if "*" in load_models and len(load_models) > 1:
-        raise SettingsError("--load-model '*' loads every model: give it alone, without other names")
-    return Settings(
-        model_repo=args.model_repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, log_level=args.log_level, max_request_bytes=args.max_request_bytes,
-        drain_timeout=args.drain_timeout, frontends=args.frontends, strict_readiness=args.strict_readiness,
-        metrics_compat=args.metrics_compat,
-        model_control_mode=args.model_control_mode, repository_poll_secs=args.repository_poll_secs,
-        load_models=load_models,
-    )
+    """The settings from parsed flags, each missing one from its ``TENSORGATE_*`` variable or default."""
+    given = {field: value for field, value in vars(args).items() if field in Settings.model_fields}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(error, given) for error in exc.errors())) from None
+
+
+def _describe(error: Any, given: dict[str, Any]) -> str:
+    """One validation error as the user wrote the value: ``--flag VALUE`` or ``TENSORGATE_NAME=VALUE``."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    field = "load_models" if error["loc"][0] == env_name("load_models") else str(error["loc"][0])
+    if field not in Settings.model_fields:
+        return f"{ENV_PREFIX}{field.upper()}: not a setting"
+    source = f"{flag_name(field)} {given[field]!r}" if field in given else \
+        f"{env_name(field)}={os.environ.get(env_name(field), '')!r}"
+    return f"{source}: {message[:1].lower()}{message[1:]}"

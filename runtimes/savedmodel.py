@@ -1,4 +1,5 @@
-"""TensorFlow adapter: platform ``savedmodel`` (alias ``tensorflow_savedmodel``), folder ``model.savedmodel/``.
+"""TensorFlow adapter: platform ``savedmodel`` (alias ``tensorflow_savedmodel``), folder ``model.savedmodel/``,
+or TF Serving's layout, where the version folder itself is the SavedModel (``<version>/saved_model.pb``).
 
 Loaded with ``tf.saved_model.load``; the signature is ``parameters.signature_name``
 (default ``serving_default``). Its structured input and output specs give every
@@ -58,6 +59,8 @@ class SavedModelAdapter(RuntimeAdapter):
     def __init__(self, spec: LoadModel) -> None:
         super().__init__(spec)
         path = Path(spec.path) / (spec.filename or MODEL_DIR)
+        if spec.filename is None and not path.exists() and (Path(spec.path) / "saved_model.pb").is_file():
+            path = Path(spec.path)  # TF Serving's layout
         if not (path / "saved_model.pb").is_file():
             what = "saved_model.pb not found in it" if path.is_dir() else "model folder not found"
             raise ModelLoadError(f"{path}: {what}")

@@ -1,7 +1,7 @@
 """The runtime worker process: one framework's models, their queues and batchers, and the
 data connections of every frontend.
 
-Started by the supervisor as ``python -m runtimes.worker FRAMEWORK ADDRESS CONTROL_FD``:
+Started by the supervisor as ``python -m runtimes.worker FRAMEWORK ADDRESS LOG_LEVEL LOG_FORMAT CONTROL_FD``:
 CONTROL_FD is its end of a socket pair with the supervisor (loads, unloads, snapshots), ADDRESS
 an abstract Unix socket where frontends connect to send requests. The main thread runs the event
 loop: the control calls, every frontend's requests, and one scheduler per model version, so a
@@ -48,6 +48,7 @@ from gateway.contract import (
     LoadModel,
     ModelGauges,
     Outcome,
+    ProcessSnapshot,
     Release,
     Results,
     SchedulerOptions,
@@ -60,7 +61,8 @@ from gateway.contract import (
     WireTensor,
     WorkerSnapshot,
 )
-from gateway.logs import log_event
+from gateway.logs import configure, log_event
+from gateway.process_metrics import own_families
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, TensorGateError
 from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler, gather
 from gateway.scheduling.stats import ModelStats, failure_reason
@@ -78,6 +80,7 @@ ADAPTERS = {
     "torch_aoti": "runtimes.torch_aoti:TorchAotiAdapter",
     "savedmodel": "runtimes.savedmodel:SavedModelAdapter",
     "jax": "runtimes.jax:JaxAdapter",
+    "tflite": "runtimes.tflite:TFLiteAdapter",
 }
 
 log = logging.getLogger("tensorgate.worker")
@@ -170,6 +173,8 @@ class Host:
             return self._warm_up(body)
         if isinstance(body, UnloadModel):
             return self._unload(body.key, body.after_generation)
+        if isinstance(body, ProcessSnapshot):
+            return own_families()
         if isinstance(body, WorkerSnapshot):
             return {key: ModelGauges(m.scheduler.stats, m.scheduler.queued_requests, m.scheduler.inflight_requests,
                                      m.scheduler.max_queue_size) for key, m in self.models.items()}
@@ -393,13 +398,13 @@ async def _serve(control_fd: int, framework: str, address: str) -> None:
     _, control = await loop.create_unix_connection(lambda: Peer(host.handle_control),
                                                    sock=socket.socket(fileno=control_fd))
     DataListener(host, address)
+    log_event(log, "worker_serving", level=logging.DEBUG, framework=framework, pid=os.getpid())
     await control.closed.wait()
 
 
 def main(argv: list[str]) -> int:
-    framework, address, control_fd = argv[0], argv[1], int(argv[2])
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"ts=%(asctime)s level=%(levelname)s logger=%(name)s worker={framework} %(message)s")
+    framework, address, log_level, log_format, control_fd = argv[0], argv[1], argv[2], argv[3], int(argv[4])
+    configure(log_level, log_format, f"worker-{framework}")
     uvloop.run(_serve(control_fd, framework, address))
     # Framework thread pools (TensorFlow's, XLA's) can hold interpreter exit; the supervisor has
     # already failed whatever was in flight, so leave at once.

@@ -2,9 +2,10 @@
 
 The served models are not committed (binary, regenerable); only each model's
 ``config.yaml`` is. This script trains the digits classifier once from data bundled
-with scikit-learn (no network) and exports the very same float32 weights to six
-formats: ONNX, TorchScript, torch.export, an AOTInductor package, TensorFlow SavedModel
-and JAX (``jax.export`` plus ``params.npz``). Two runs produce byte-identical files, wherever the checkout
+with scikit-learn (no network) and exports the very same float32 weights to seven
+formats: ONNX, TorchScript, torch.export, an AOTInductor package, TensorFlow SavedModel, JAX
+(``jax.export`` plus ``params.npz``) and LiteRT/TFLite, and once more as an int8-quantized TFLite
+model. Two runs produce byte-identical files, wherever the checkout
 lies, which lets tests and CI rebuild the repository instead of trusting a blob.
 
 Usage: ``python scripts/build_model_repo.py [--repo model_repo] [--force] [--formats onnx,jax]``
@@ -13,6 +14,7 @@ Usage: ``python scripts/build_model_repo.py [--repo model_repo] [--force] [--for
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import os
@@ -107,6 +109,25 @@ JAX_CONFIG_YAML = """\
 # of digits_onnx. Inputs and outputs are read from the export. Batches are padded to
 # buckets (powers of two up to max_batch_size), each compiled when the model loads.
 platform: jax
+max_batch_size: 64
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
+TFLITE_CONFIG_YAML = """\
+# The digits classifier as a LiteRT (TensorFlow Lite) flatbuffer, converted from the SavedModel's
+# function with the weights of digits_onnx. Inputs and outputs are read from its signature.
+platform: tflite
+max_batch_size: 64
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
+TFLITE_INT8_CONFIG_YAML = """\
+# The digits classifier quantized to int8 (weights, activations, input and output), calibrated on
+# the digits training split. Clients send and receive FP32: the server applies the input's and
+# the output's scale and zero point (raw_quantized: true would serve the INT8 tensors instead).
+platform: tflite
 max_batch_size: 64
 instances: {count: 1, device: cpu}
 parameters: {intra_op_threads: 1}
@@ -368,10 +389,9 @@ def _in_child(model: DigitsMLP, path: Path, flag: str, options: list[str], env: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_savedmodel_here(weights: dict[str, FloatArray], path: Path) -> None:
-    """The TensorFlow half of :func:`export_savedmodel`, run in its own process."""
+def _digits_tf_module(weights: dict[str, FloatArray]) -> Any:
+    """The MLP as a ``tf.Module`` whose ``serve`` maps ``{"input": [batch, 64]}`` to ``{"logits": [batch, 10]}``."""
     import tensorflow as tf
-    from tensorflow.core.protobuf import fingerprint_pb2
 
     class DigitsTF(tf.Module):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -386,7 +406,15 @@ def _write_savedmodel_here(weights: dict[str, FloatArray], path: Path) -> None:
             hidden = tf.nn.relu(tf.matmul(input, self.w1) + self.b1)
             return {"logits": tf.matmul(hidden, self.w2) + self.b2}
 
-    module = DigitsTF()
+    return DigitsTF()
+
+
+def _write_savedmodel_here(weights: dict[str, FloatArray], path: Path) -> None:
+    """The TensorFlow half of :func:`export_savedmodel`, run in its own process."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    module = _digits_tf_module(weights)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     # The fingerprint holds a random UUID; derive it from the saved graph so that builds agree.
     fingerprint_file = path / "fingerprint.pb"
@@ -395,6 +423,51 @@ def _write_savedmodel_here(weights: dict[str, FloatArray], path: Path) -> None:
     digest = hashlib.sha256((path / "saved_model.pb").read_bytes()).digest()
     fingerprint.uuid = str(uuid.UUID(bytes=digest[:16]).int)
     fingerprint_file.write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+@functools.cache
+def digits_tflite_bytes(model: DigitsMLP) -> tuple[bytes, bytes]:
+    """The MLP as two LiteRT flatbuffers with a ``serving_default`` signature like the SavedModel's: float32,
+    and full-integer int8 (int8 input and output too) calibrated on the digits training split.
+
+    Converted by TensorFlow in a child process (this script again, with ``--tflite-from``), for the
+    reasons given at :func:`export_savedmodel`; one child writes both, so it is cached per model.
+    """
+    with tempfile.TemporaryDirectory(prefix="tflite.") as folder:
+        staging = Path(folder)
+        arrays = {"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2, "calibration": _digits_split()[0]}
+        (staging / "weights.npz").write_bytes(_npz_bytes(arrays))
+        run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--tflite-from", str(staging /
+                              "weights.npz"), "--repo", str(staging)], capture_output=True, text=True, check=False,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if run.returncode != 0:
+            raise RuntimeError(f"converting to TFLite failed:\n{run.stdout}{run.stderr}")
+        return (staging / "float.tflite").read_bytes(), (staging / "int8.tflite").read_bytes()
+
+
+def _write_tflite_here(arrays: dict[str, FloatArray], folder: Path) -> None:
+    """The TensorFlow half of :func:`digits_tflite_bytes`: ``float.tflite`` and ``int8.tflite`` in ``folder``."""
+    import tensorflow as tf
+
+    module = _digits_tf_module(arrays)
+    function = module.serve.get_concrete_function()
+    (folder / "float.tflite").write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([function], module).convert())
+    calibration = arrays["calibration"]
+
+    def representative() -> Any:
+        for row in range(len(calibration)):
+            yield [calibration[row : row + 1]]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        # The calibration gives the input's range, which is what the converter says is missing.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        (folder / "int8.tflite").write_bytes(converter.convert())
 
 
 def digits_jax_bytes(model: DigitsMLP) -> tuple[bytes, bytes]:
@@ -487,6 +560,14 @@ def _write_savedmodel(model: DigitsMLP, version_dir: Path) -> None:
     export_savedmodel(model, version_dir / "model.savedmodel")
 
 
+def _write_tflite(model: DigitsMLP, version_dir: Path) -> None:
+    _write_atomic(version_dir / "model.tflite", digits_tflite_bytes(model)[0])
+
+
+def _write_tflite_int8(model: DigitsMLP, version_dir: Path) -> None:
+    _write_atomic(version_dir / "model.tflite", digits_tflite_bytes(model)[1])
+
+
 def _write_jax(model: DigitsMLP, version_dir: Path) -> None:
     function, params = digits_jax_bytes(model)
     _write_atomic(version_dir / "params.npz", params)
@@ -501,6 +582,8 @@ EXAMPLES: dict[str, ExampleModel] = {
     "torch_aoti": ExampleModel("digits_torch_aoti", TORCH_AOTI_CONFIG_YAML, "model.pt2", _write_torch_aoti),
     "savedmodel": ExampleModel("digits_savedmodel", SAVEDMODEL_CONFIG_YAML, "model.savedmodel", _write_savedmodel),
     "jax": ExampleModel("digits_jax", JAX_CONFIG_YAML, "model.jax", _write_jax),
+    "tflite": ExampleModel("digits_tflite", TFLITE_CONFIG_YAML, "model.tflite", _write_tflite),
+    "tflite_int8": ExampleModel("digits_tflite_int8", TFLITE_INT8_CONFIG_YAML, "model.tflite", _write_tflite_int8),
 }
 
 
@@ -548,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--savedmodel-from", type=Path, help=argparse.SUPPRESS)  # export_savedmodel's child
     parser.add_argument("--aoti-from", type=Path, help=argparse.SUPPRESS)  # export_torch_aoti's child
     parser.add_argument("--aoti-device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--tflite-from", type=Path, help=argparse.SUPPRESS)  # digits_tflite_bytes' child
     args = parser.parse_args(argv)
     if args.aoti_from is not None:
         with np.load(args.aoti_from) as weights:
@@ -556,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.savedmodel_from is not None:
         with np.load(args.savedmodel_from) as weights:
             _write_savedmodel_here({k: weights[k] for k in weights.files}, args.repo)
+        return 0
+    if args.tflite_from is not None:
+        with np.load(args.tflite_from) as arrays:
+            _write_tflite_here({k: arrays[k] for k in arrays.files}, args.repo)
         return 0
     written = build_repo(args.repo, force=args.force, seed=args.seed, formats=args.formats.split(","))
     if not written:

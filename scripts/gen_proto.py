@@ -1,10 +1,13 @@
-"""Regenerate the Python protobuf/gRPC modules from ``proto/*.proto``.
+"""Regenerate the Python protobuf/gRPC modules from ``proto/*.proto`` and ``proto/tfserving/*.proto``.
 
 Usage::
 
-    python scripts/gen_proto.py [OUT_DIR]
+    python scripts/gen_proto.py [OUT_DIR [--proto-dir DIR]]
 
-``OUT_DIR`` defaults to ``gateway/grpc/generated/``. The script runs the
+Without arguments both sets are regenerated: ``proto/`` (the v2 API) into
+``gateway/grpc/generated/`` and ``proto/tfserving/`` (TF Serving's API) into
+``gateway/tfserving/generated/``. With ``OUT_DIR``, one set is written there:
+``--proto-dir``'s (default ``proto/``). The script runs the
 protobuf compiler bundled with ``grpcio-tools`` (``--python_out``,
 ``--pyi_out`` and ``--grpc_python_out``), then rewrites the absolute imports
 protoc emits between our own modules (``import model_config_pb2 as ...``)
@@ -28,12 +31,16 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "proto"
 DEFAULT_OUT_DIR = REPO_ROOT / "gateway" / "grpc" / "generated"
+#: Every (.proto folder, generated package) pair. TF Serving's messages live in packages named
+#: ``tensorflow.*``; their modules sit in our own package so they never shadow the real tensorflow.
+PROTO_SETS = ((PROTO_DIR, DEFAULT_OUT_DIR),
+              (PROTO_DIR / "tfserving", REPO_ROOT / "gateway" / "tfserving" / "generated"))
 
 # Suffixes of the files protoc writes for each .proto; together with
 # __init__.py these are the files this script owns in the output directory.
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
-INIT_TEXT = '''"""Python modules generated from proto/*.proto by scripts/gen_proto.py.
+INIT_TEXT = '''"""Python modules generated from {source}*.proto by scripts/gen_proto.py.
 
 Do not edit these files by hand: change the .proto and rerun the script.
 """
@@ -68,6 +75,8 @@ def _run_protoc(proto_dir: Path, protos: Sequence[Path], out_dir: Path) -> None:
     args = [
         "grpc_tools.protoc",
         f"--proto_path={proto_dir}",
+        # google/protobuf/*.proto (Any, wrappers), as grpcio-tools bundles them.
+        f"--proto_path={Path(protoc.__file__).parent / '_proto'}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
@@ -104,7 +113,8 @@ def generate(out_dir: Path = DEFAULT_OUT_DIR, proto_dir: Path = PROTO_DIR) -> li
         if stale.is_file() and stale.name.endswith(GENERATED_SUFFIXES):
             stale.unlink()
 
-    outputs = {"__init__.py": INIT_TEXT}
+    source = f"{proto_dir.relative_to(REPO_ROOT).as_posix()}/" if proto_dir.is_relative_to(REPO_ROOT) else ""
+    outputs = {"__init__.py": INIT_TEXT.format(source=source)}
     for name, text in produced.items():
         outputs[name] = make_imports_relative(text, local_modules)
 
@@ -120,19 +130,15 @@ def generate(out_dir: Path = DEFAULT_OUT_DIR, proto_dir: Path = PROTO_DIR) -> li
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "out_dir",
-        nargs="?",
-        type=Path,
-        default=DEFAULT_OUT_DIR,
-        help=f"output directory (default: {DEFAULT_OUT_DIR.relative_to(REPO_ROOT)})",
-    )
+    parser.add_argument("out_dir", nargs="?", type=Path, help="output directory (default: both sets in place)")
     parser.add_argument(
         "--proto-dir", type=Path, default=PROTO_DIR, help="directory holding the .proto files"
     )
     args = parser.parse_args(argv)
-    for path in generate(args.out_dir, args.proto_dir):
-        print(path)
+    sets = PROTO_SETS if args.out_dir is None else ((args.proto_dir, args.out_dir),)
+    for proto_dir, out_dir in sets:
+        for path in generate(out_dir, proto_dir):
+            print(path)
     return 0
 
 

@@ -14,6 +14,9 @@ import pytest
 from tests import framework_models, model_factory
 from tests.server import ServerProcess
 
+#: Under make test and CI a skip is a failure (tests/no_skips.py).
+pytest_plugins = ["tests.no_skips"]
+
 #: The shared server's body/message limit, small enough that a test can exceed it cheaply.
 SHARED_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 

@@ -1,10 +1,12 @@
-"""Small TorchScript, torch.export, AOTInductor, SavedModel and JAX models built on the fly for the fault tests.
+"""Small TorchScript, torch.export, AOTInductor, SavedModel, JAX and TFLite models built on the fly for the fault
+tests.
 
 Every model is made from constants or seeded weights, with nothing downloaded. Each
 framework is imported inside the function that needs it, so importing this module is cheap.
 TensorFlow never enters the test process: it bundles its own protobuf runtime, which crashes
 grpc_tools' protoc there, so :func:`tensorflow_models` builds the SavedModels in a child
-process (``python -m tests.framework_models REPO``).
+process (``python -m tests.framework_models REPO``), and :func:`tflite_models` converts the
+TFLite models in one (``python -m tests.framework_models REPO tflite``).
 """
 
 from __future__ import annotations
@@ -209,19 +211,34 @@ def aoti_models(repo: Path, package: Path) -> None:
 
 # --- TensorFlow SavedModel (built in a child process) ---------------------------------------------
 
-def tensorflow_models(repo: Path) -> None:
-    """slow_savedmodel, failing_savedmodel, the broken SavedModels and gpu_savedmodel, in a child process."""
+def tensorflow_models(repo: Path, *what: str) -> None:
+    """slow_savedmodel, failing_savedmodel, the broken SavedModels and gpu_savedmodel (or, with ``"tflite"``,
+    the TFLite models), in a child process."""
     root = Path(__file__).resolve().parent.parent
-    run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo)], cwd=root, capture_output=True,
-                         text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo), *what], cwd=root,
+                         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _save_tf(module: Any, function: Any, path: Path) -> None:
+def tflite_models(repo: Path) -> None:
+    """The TFLite models of tests/integration/test_tflite.py, converted in a child process."""
+    tensorflow_models(repo, "tflite")
+
+
+def tf_serving_models(repo: Path) -> None:
+    """half_plus_three, string_lengths and half_plus_three_batched in TF Serving's layout (the last two with a
+    config.yaml beside it), in a child process."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "tests.framework_models", str(repo), "tf_serving"], cwd=root,
+                         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _save_tf(module: Any, function: Any, path: Path, signature: str = "serving_default") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.saved_model.save(module, str(path), signatures={"serving_default": function})
+    tf.saved_model.save(module, str(path), signatures={signature: function})
 
 
 def slow_savedmodel(repo: Path, name: str = "slow_savedmodel") -> None:
@@ -272,6 +289,41 @@ def broken_savedmodels(repo: Path) -> None:
     failing_savedmodel(repo, "contradicts_savedmodel")
     (repo / "contradicts_savedmodel" / "config.yaml").write_text(
         "platform: savedmodel\nmax_batch_size: 8\ninputs: [{name: x, datatype: INT32, shape: [4]}]\n")
+
+
+def half_plus_three(repo: Path, name: str = "half_plus_three", version: str = "00000123") -> None:
+    """TF Serving's documented example model: y = 0.5x + 3 for x of shape [-1], as TF Serving lays it out:
+    ``<name>/00000123/saved_model.pb`` (version 123) and ``variables/``, no config file."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class HalfPlusThree(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = tf.Variable(0.5), tf.Variable(3.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])  # type: ignore[untyped-decorator]
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": self.a * x + self.b}
+
+    module = HalfPlusThree()
+    _save_tf(module, module.serve, repo / name / version)
+
+
+def string_lengths(repo: Path, name: str = "string_lengths") -> None:
+    """DT_STRING in, two outputs: each string's length in bytes, and the strings back as ``echo_bytes``; its
+    signature is ``predict_strings`` (named in a config.yaml beside TF Serving's layout)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Lengths(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])  # type: ignore[untyped-decorator]
+        def serve(self, text: Any) -> dict[str, Any]:
+            return {"length": tf.strings.length(text), "echo_bytes": tf.identity(text)}
+
+    module = Lengths()
+    _save_tf(module, module.serve, repo / name / "1", "predict_strings")
+    _config(repo / name, "platform: savedmodel\nparameters: {signature_name: predict_strings}\n")
 
 
 # --- JAX -------------------------------------------------------------------------------------------
@@ -353,8 +405,91 @@ def gpu_models(repo: Path) -> None:
     doubling_jax(repo, "gpu_jax", GPU)
 
 
+# --- TFLite (converted by TensorFlow, in the child process) --------------------------------------
+
+def _tflite_doubling(batch: int | None, int8: bool = False) -> bytes:
+    """y = 2x for x of shape [batch, 4] (None: a dynamic batch), float32 or fully int8 (input and output)."""
+    import tensorflow as tf
+
+    class Doubling(tf.Module):  # type: ignore[misc]
+        @tf.function(input_signature=[tf.TensorSpec([batch, 4], tf.float32, name="x")])  # type: ignore[untyped-decorator]
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": x * 2}
+
+    module = Doubling()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    if int8:
+        calibration = np.random.default_rng(0).uniform(-4, 4, (64, 1 if batch is None else batch, 4))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([row.astype(np.float32)] for row in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    data: bytes = converter.convert()
+    return data
+
+
+def _tflite_slow() -> bytes:
+    """``iterations`` (INT32 [1]) turns of ``x = tanh(x @ w)`` for x FP32 [64, 64], unbatched: a TFLite WHILE loop."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.constant(_loop_weights())
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="iterations"),  # type: ignore[untyped-decorator]
+                                      tf.TensorSpec([64, 64], tf.float32, name="x")])
+        def serve(self, iterations: Any, x: Any) -> dict[str, Any]:
+            _, y = tf.while_loop(lambda i, _: i < iterations[0],
+                                 lambda i, state: (i + 1, tf.tanh(tf.matmul(state, self.w))),
+                                 (tf.constant(0, tf.int32), x))
+            return {"y": y}
+
+    module = Slow()
+    data: bytes = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()],
+                                                                  module).convert()
+    return data
+
+
+def _tflite(repo: Path, name: str, data: bytes, config: str, max_batch_size: int = 8) -> None:
+    (repo / name / "1").mkdir(parents=True, exist_ok=True)
+    (repo / name / "1" / "model.tflite").write_bytes(data)
+    _config(repo / name, f"platform: tflite\nmax_batch_size: {max_batch_size}\n{config}")
+
+
+def _tflite_models_here(repo: Path) -> None:
+    """doubling (two instances), fixed_batch (converted for batches of exactly 3), int8 (served as FP32 and raw),
+    slow (unbatched; as many turns of work as asked), and the broken ones: missing, garbage, truncated,
+    empty, contradicting their config, asking for a GPU."""
+    doubling = _tflite_doubling(None)
+    _tflite(repo, "doubling_tflite", doubling, "instances: {count: 2}\nparameters: {intra_op_threads: 1}\n")
+    _tflite(repo, "fixed_batch_tflite", _tflite_doubling(3), "")
+    _tflite(repo, "slow_tflite", _tflite_slow(), "", max_batch_size=0)
+    int8 = _tflite_doubling(None, int8=True)
+    _tflite(repo, "int8_tflite", int8, "")
+    _tflite(repo, "raw_int8_tflite", int8, "parameters: {raw_quantized: true}\n")
+    _config(repo / "missing_tflite", "platform: tflite\nmax_batch_size: 8\n")
+    (repo / "missing_tflite" / "1").mkdir()
+    _tflite(repo, "garbage_tflite", b"this is not a flatbuffer", "")
+    _tflite(repo, "truncated_tflite", doubling[: len(doubling) // 2], "")
+    _tflite(repo, "empty_tflite", b"", "")
+    _tflite(repo, "contradicts_tflite", doubling, "inputs: [{name: x, datatype: INT32, shape: [4]}]\n")
+    _tflite(repo, "gpu_tflite", doubling, GPU)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1])
+    if sys.argv[2:] == ["tf_serving"]:
+        half_plus_three(target)
+        string_lengths(target)
+        # The same model with a config.yaml beside TF Serving's layout, to batch it.
+        half_plus_three(target, "half_plus_three_batched", "1")
+        _config(target / "half_plus_three_batched",
+                "platform: savedmodel\nmax_batch_size: 8\ndynamic_batching: {max_queue_delay_ms: 1}\n")
+        sys.exit(0)
+    if sys.argv[2:] == ["tflite"]:
+        _tflite_models_here(target)
+        sys.exit(0)
     slow_savedmodel(target)
     failing_savedmodel(target)
     broken_savedmodels(target)

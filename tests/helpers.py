@@ -14,6 +14,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = ROOT / "scripts"
 
+#: The one skip reason a complete test machine may give (tests/conftest.py fails every other skip under
+#: make test): a GPU there turns the checks of the no-GPU error off.
+MACHINE_SKIP = "this machine has a GPU"
+
 
 def load_script(name: str) -> types.ModuleType:
     """Import ``scripts/<name>.py`` by path, since ``scripts`` is a folder of tools, not a package.
@@ -39,13 +43,14 @@ def load_script(name: str) -> types.ModuleType:
     return module
 
 
-def run_client_script(script: Path, *args: str, timeout: float = 180) -> Any:
-    """Run a client check script in a process of its own and return the JSON of its last line.
+def run_client_script(script: Path, *args: str, timeout: float = 180, python: str = sys.executable) -> Any:
+    """Run a client check script in a process of its own (with ``python``: another venv's, for a client
+    whose pins clash with ours) and return the JSON of its last line.
 
     ``tritonclient.grpc`` registers ``inference.*`` in protobuf's default pool, as our generated
     modules do, so a test that uses it must not import it into the test process.
     """
-    run = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True,
+    run = subprocess.run([python, str(script), *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=timeout, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])

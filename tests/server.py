@@ -57,7 +57,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            if "event=server_ready" in self.log() or "event=server_started_not_ready" in self.log():
+            text = self.log()
+            if any(f"{key}{event}" in text for key in ("event=", '"event":"')
+                   for event in ("server_ready", "server_started_not_ready")):
                 return
             time.sleep(0.05)
         self.stop()

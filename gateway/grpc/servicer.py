@@ -1,4 +1,5 @@
-"""The gRPC transport: inference.GRPCInferenceService over grpc.aio, plus grpc.health.v1.
+"""The gRPC transport: inference.GRPCInferenceService over grpc.aio, plus grpc.health.v1 and TF Serving's
+services (``gateway.tfserving.grpc_servicer``) on the same port.
 
 Each method translates protobuf to the common schema, calls the DataPlane, and maps a
 TensorGateError to its status code; nothing here knows a framework.
@@ -11,13 +12,16 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.access_log import AccessLog
 from gateway.dataplane import DataPlane
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
+from gateway.grpc.handlers import add_servicer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
 from gateway.protocol.system_shm import SystemSharedMemory
+from gateway.tfserving.grpc_servicer import add_tfserving_services
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 CUDA_SHM_UNSUPPORTED = Unsupported(
@@ -178,11 +182,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
-                       shm: SystemSharedMemory) -> grpc.aio.Server:
-    """A grpc.aio server with both services bound to ``address`` (not started).
+def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
+                       credentials: grpc.ServerCredentials | None = None,
+                       access_log: AccessLog | None = None) -> grpc.aio.Server:
+    """A grpc.aio server with every service bound to ``address`` (not started).
 
-    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``).
+    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
+    ``credentials``: TLS (see ``gateway.tls``), else plaintext. Every v2 and health method decodes its
+    own request (INVALID_ARGUMENT when it does not parse) and writes its access line when
+    ``access_log`` is given (``gateway.grpc.handlers``).
     """
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -190,7 +198,11 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int,
         # Every frontend process binds the same port; the kernel spreads connections over them.
         ("grpc.so_reuseport", 1),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, shm), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane), server)
-    server.add_insecure_port(address)
+    add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm), access_log)
+    add_servicer(server, health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), access_log)
+    add_tfserving_services(server, plane, access_log)
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     return server

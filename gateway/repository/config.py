@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.protocol.datatypes import DATATYPES
 
-Platform = Literal["onnx", "torchscript", "torch_export", "torch_aoti", "savedmodel", "jax"]
+Platform = Literal["onnx", "torchscript", "torch_export", "torch_aoti", "savedmodel", "jax", "tflite"]
 
 #: Triton's platform names, accepted as aliases so existing configs carry over.
 PLATFORM_ALIASES: dict[str, Platform] = {
@@ -30,9 +30,11 @@ FRAMEWORK_OF: dict[Platform, str] = {
     "torch_aoti": "torch",
     "savedmodel": "tensorflow",
     "jax": "jax",
+    "tflite": "tflite",
 }
 
-#: The platform string reported in model metadata, in Triton's ``<project>_<format>`` style.
+#: The platform string reported in model metadata, in Triton's ``<project>_<format>`` style;
+#: ``tflite`` is what Triton reports for its TFLite backend (named after the format, like ours).
 METADATA_PLATFORM: dict[Platform, str] = {
     "onnx": "onnxruntime_onnx",
     "torchscript": "pytorch_libtorch",
@@ -40,9 +42,11 @@ METADATA_PLATFORM: dict[Platform, str] = {
     "torch_aoti": "pytorch_torch_aoti",
     "savedmodel": "tensorflow_savedmodel",
     "jax": "jax_export",
+    "tflite": "tflite",
 }
 
-#: The backend named in the model config response, as Triton names its backends (jax is ours).
+#: The backend named in the model config response, as Triton names its backends (jax is ours;
+#: Triton's TFLite backend is ``armnn_tflite``, after the ArmNN delegate it adds, which we do not).
 TRITON_BACKEND: dict[Platform, str] = {
     "onnx": "onnxruntime",
     "torchscript": "pytorch",
@@ -50,6 +54,7 @@ TRITON_BACKEND: dict[Platform, str] = {
     "torch_aoti": "pytorch",
     "savedmodel": "tensorflow",
     "jax": "jax",
+    "tflite": "tflite",
 }
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")

@@ -2,11 +2,15 @@
 
 Scanning never raises for one bad model: a model whose config is unusable comes back
 with the error, so the others are served and the broken one is reported as not ready.
-Every folder under the root is a model, with a config.yaml or a Triton config.pbtxt; a
-folder with neither is reported the same way, never skipped. Hidden folders and the
+Every folder under the root is a model, with a config.yaml or a Triton config.pbtxt, or laid
+out as TF Serving's model base path (``<version>/saved_model.pb`` and ``variables/``, no config
+file: a SavedModel served unbatched, as TF Serving serves it by default); a folder that is none
+of these is reported the same way, never skipped. Version folders may be zero-padded
+(TF Serving's ``00000123`` is version 123). Hidden folders and the
 file system's ``lost+found`` are not models (the latter is logged).
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,6 +25,8 @@ from gateway.repository.pbtxt import CONFIG_FILE as PBTXT_FILE
 from gateway.repository.pbtxt import load_pbtxt
 
 CONFIG_FILE = "config.yaml"
+#: What a version folder of TF Serving's layout holds (the SavedModel itself, no model.savedmodel/).
+SAVED_MODEL_FILE = "saved_model.pb"
 
 #: What ext4 and friends create at a volume's root (a PVC mounted as the repository has one).
 _NOT_MODELS = frozenset({"lost+found"})
@@ -92,9 +98,8 @@ def fingerprint(folder: Path, version: int | None = None) -> str:
         children = sorted(p.name for p in folder.iterdir() if p.is_dir())
     except OSError:
         children = []
-    wanted = {str(version), WARMUP_FOLDER} if version is not None else None
     for child in children:
-        if (child.isdigit() or child == WARMUP_FOLDER) and (wanted is None or child in wanted):
+        if (child == WARMUP_FOLDER or (child.isdigit() and (version is None or int(child) == version))):
             digest.update(b"D" + child.encode() + b"\0")
             _digest_files(digest.update, folder / child)
     return digest.hexdigest()
@@ -122,11 +127,42 @@ def config_file(folder: Path) -> Path:
         return yaml_path
     if pbtxt_path.is_file():
         return pbtxt_path
-    raise ConfigError(f"{folder}: no {CONFIG_FILE} or {PBTXT_FILE} in the model folder (every folder in the "
-                      f"repository is a model; Triton's config-less auto-complete is not supported)")
+    raise ConfigError(f"{folder}: no {CONFIG_FILE} or {PBTXT_FILE} in the model folder, and no version folder "
+                      f"holding a {SAVED_MODEL_FILE} (TF Serving's layout): every folder in the repository is a model; "
+                      f"Triton's config-less auto-complete is not supported")
+
+
+def version_folder(folder: Path, version: int) -> Path:
+    """The folder of ``version`` in model folder ``folder``: ``<version>``, or a zero-padded name."""
+    exact = folder / str(version)
+    if exact.is_dir():
+        return exact
+    with contextlib.suppress(OSError):
+        for child in sorted(folder.iterdir()):
+            if child.is_dir() and child.name.isdigit() and int(child.name) == version:
+                return child
+    return exact
+
+
+def tf_serving_config(folder: Path) -> ModelConfig | None:
+    """The config of a folder in TF Serving's layout (no config file; a version folder holds saved_model.pb):
+    the SavedModel's signature, unbatched (max_batch_size 0: TF Serving batches only when told to), so each
+    request runs with the batch the client sent, as in TF Serving. None for any other folder."""
+    if (folder / CONFIG_FILE).exists() or (folder / PBTXT_FILE).exists():
+        return None
+    try:
+        versions = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    except OSError:
+        return None
+    if any((p / SAVED_MODEL_FILE).is_file() for p in versions):
+        return ModelConfig(platform="savedmodel")
+    return None
 
 
 def _read_model(folder: Path) -> ModelEntry:
+    tf_serving = tf_serving_config(folder)
+    if tf_serving is not None:
+        return entry_for(folder, tf_serving, None)
     try:
         path = config_file(folder)
         config = load_pbtxt(path, folder.name) if path.name == PBTXT_FILE else load_config(path, folder.name)

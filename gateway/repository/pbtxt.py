@@ -32,6 +32,7 @@ PLATFORMS: dict[str, Platform] = {
     "torch_export": "torch_export",
     "torch_aoti": "torch_aoti",
     "jax": "jax",
+    "tflite": "tflite",
     "onnx": "onnx",
     "torchscript": "torchscript",
     "savedmodel": "savedmodel",
@@ -43,6 +44,8 @@ BACKENDS: dict[str, Platform] = {
     "pytorch": "torchscript",
     "tensorflow": "savedmodel",
     "jax": "jax",
+    "tflite": "tflite",
+    "armnn_tflite": "tflite",
 }
 
 #: Model file suffix -> platform, for a config that names neither platform nor backend.
@@ -52,18 +55,21 @@ _SUFFIX_PLATFORMS: dict[str, Platform] = {
     ".pt2": "torch_export",
     ".savedmodel": "savedmodel",
     ".jax": "jax",
+    ".tflite": "tflite",
 }
 
 #: Runtime parameters the adapters read, and Triton backends' names for the same settings
-#: (ONNX Runtime backend: lower case; PyTorch backend: upper case).
+#: (ONNX Runtime backend: lower case; PyTorch backend: upper case; TFLite backend: tflite_num_threads).
 PARAMETER_NAMES: dict[str, str] = {
     "intra_op_threads": "intra_op_threads",
     "inter_op_threads": "inter_op_threads",
     "signature_name": "signature_name",
+    "raw_quantized": "raw_quantized",
     "intra_op_thread_count": "intra_op_threads",
     "inter_op_thread_count": "inter_op_threads",
     "INTRA_OP_THREAD_COUNT": "intra_op_threads",
     "INTER_OP_THREAD_COUNT": "inter_op_threads",
+    "tflite_num_threads": "intra_op_threads",
 }
 
 #: Where each message sits in a config, to name a field the parser refused.

@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway.contract import Signature
 from gateway.histogram import Histogram
 from gateway.repository.config import ModelConfig
-from gateway.repository.layout import ModelEntry
+from gateway.repository.layout import ModelEntry, version_folder
 
 
 class State(enum.StrEnum):
@@ -67,7 +67,8 @@ class ModelVersion:
 
     @property
     def path(self) -> Path:
-        return self.entry.path / str(self.version)
+        assert self.version is not None, "only loadable versions have a folder"
+        return version_folder(self.entry.path, self.version)
 
 
 @dataclass(slots=True)

@@ -17,10 +17,11 @@ from gateway.dataplane import DataPlane
 from gateway.protocol.errors import TensorGateError
 from gateway.protocol.system_shm import SystemSharedMemory
 from gateway.rest import schemas
-from gateway.rest.body import check_declared_length, decode_content, too_large
+from gateway.rest.body import read_body
 from gateway.rest.infer import InferRoute
 from gateway.rest.repository import add_repository_routes
 from gateway.rest.shared_memory import add_shared_memory_routes
+from gateway.tfserving.rest import add_tfserving_routes
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -91,7 +92,7 @@ def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory
 
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         """The documented twin of the REST port's fast inference path (gateway.rest.infer)."""
-        body = await _read_body(request, max_request_bytes)
+        body = await read_body(request, max_request_bytes)
         reply = await route(model_name, model_version, body, request.headers.get(HEADER_LENGTH))
         headers = {} if reply.header_length is None else {"Inference-Header-Content-Length": str(reply.header_length)}
         return Response(bytes(reply.body), reply.status, headers, reply.content_type.decode())
@@ -112,6 +113,7 @@ def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory
                   tags=["inference"], openapi_extra={"requestBody": _INFER_BODY})
     add_shared_memory_routes(app, shm)
     add_repository_routes(app, plane)
+    add_tfserving_routes(app, plane, max_request_bytes)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -158,15 +160,3 @@ _INFER_BODY = {
     },
 }
 
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole (decompressed) body, refusing anything over ``limit`` bytes before reading it all."""
-    check_declared_length(request.headers.get("content-length"), limit)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return decode_content(b"".join(chunks), request.headers.get("content-encoding"), limit)

@@ -6,6 +6,8 @@ binary tensor extension splits the body at ``Inference-Header-Content-Length``.
 
 import zlib
 
+from starlette.requests import Request
+
 from gateway.protocol.errors import InvalidRequest, PayloadTooLarge, Unsupported
 
 
@@ -58,3 +60,17 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
             f"Inference-Header-Content-Length {length} is larger than the body ({len(body)} bytes)"
         )
     return view[:length], view[length:]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole (decompressed) body of an ASGI request, refusing anything over ``limit`` bytes before
+    reading it all."""
+    check_declared_length(request.headers.get("content-length"), limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return decode_content(b"".join(chunks), request.headers.get("content-encoding"), limit)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -38,6 +39,7 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
+from gateway.access_log import CLIENT_CLOSED, AccessLog, model_of_path, trace_id
 from gateway.logs import log_event
 from gateway.protocol.errors import TensorGateError
 from gateway.rest.body import decode_content
@@ -61,6 +63,9 @@ class Reply:
     content_type: bytes
     body: bytes | bytearray | memoryview
     header_length: int | None = None
+    #: For the access log: the version that answered, and the v2 request ``id``.
+    model_version: str = ""
+    request_id: str = ""
 
 
 class InferHandler(Protocol):
@@ -136,7 +141,7 @@ class _Reject(Exception):
 class _Request:
     __slots__ = ("body", "content_encoding", "content_length", "error", "expect",
                  "header_length", "headers", "http_version", "keep_alive", "kind", "method", "model",
-                 "released", "url", "version")
+                 "released", "started", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -154,18 +159,22 @@ class _Request:
         self.expect: bytes | None = None
         self.error: Reply | None = None
         self.released = False
+        self.started = 0.0
 
 
 class HttpServer:
     """HTTP/1.1 on asyncio: ``infer`` for the two infer paths, ``asgi_app`` for everything else."""
 
     def __init__(self, asgi_app: ASGIApp, infer: InferHandler, max_request_bytes: int, *,
-                 keep_alive_s: float = 30) -> None:
+                 keep_alive_s: float = 30, access_log: AccessLog | None = None) -> None:
         self.app = asgi_app
+        self.access = access_log
         self.infer = infer
         self.max_request_bytes = max_request_bytes
         self.keep_alive_s = keep_alive_s
         self.closing = False
+        #: The ASGI scope's scheme: "https" once ``start`` is given a TLS context.
+        self.scheme = "http"
         self.now = 0.0
         #: ``date: ...\r\n``, refreshed by the ticker once a second.
         self.date_header = b""
@@ -178,11 +187,13 @@ class HttpServer:
         self._drained: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
-        """Listen on ``host:port`` (``reuse_port``: SO_REUSEPORT, for several processes on one port)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (``reuse_port``: SO_REUSEPORT, for several processes on one port;
+        ``tls``: HTTPS, the handshake done by the event loop's TLS transport before any byte reaches us)."""
         self._loop = loop = asyncio.get_running_loop()
         self._tick()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port,
+        self.scheme = "http" if tls is None else "https"
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, ssl=tls,
                                                 reuse_port=reuse_port, backlog=2048)
 
     @property
@@ -302,6 +313,8 @@ class _Connection(asyncio.Protocol):
         self.server._closed(self)
         if self.current is not None:
             self._release(self.current)
+            if self.server.access is not None:
+                self._access(self.current, CLIENT_CLOSED)  # hung up while sending it
             self.current = None
         while self.pending:
             self._release(self.pending.popleft())
@@ -358,7 +371,9 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.current = _Request()
+        self.current = request = _Request()
+        if self.server.access is not None:
+            request.started = time.monotonic()  # (uvloop's loop.time() counts whole milliseconds)
         self.server._begin()
         self.idle_since = None
         self.head_bytes = 0
@@ -477,6 +492,8 @@ class _Connection(asyncio.Protocol):
             assert request.error is not None
             extra = b"allow: POST\r\n" if request.error.status == 405 else b""
             self._write_reply(request, request.error, extra)
+            if server.access is not None:
+                self._access(request, request.error.status)
             self._release(request)
             if not self._after(request):
                 return
@@ -544,12 +561,16 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             self._release(request)
             self.task = self.active = None
+            if self.server.access is not None:
+                self._access(request, CLIENT_CLOSED)
             raise
         except Exception as exc:
             log_event(log, "infer_failed", level=logging.ERROR, model=request.model,
                       error=f"{type(exc).__name__}: {exc}")
             reply = _error_reply(500, f"internal server error: {type(exc).__name__}")
         self.task = self.active = None
+        if self.server.access is not None:
+            self._access(request, CLIENT_CLOSED if self.lost else reply.status, reply.model_version, reply.request_id)
         if self.lost:
             self._release(request)
             return
@@ -577,6 +598,9 @@ class _Connection(asyncio.Protocol):
             self.cycle = None
             self.task = self.active = None
             self._release(request)
+            if self.server.access is not None:
+                self._access(request, cycle.status if cycle.complete and cycle.head_written else
+                             CLIENT_CLOSED if self.lost else 500)
         if self._after(request) and not self.write_paused:
             self._next()
 
@@ -602,13 +626,30 @@ class _Connection(asyncio.Protocol):
     def _close(self, linger: bool) -> None:
         transport = self._transport()
         self.stopped = True
-        if linger and transport.can_write_eof():
-            # Send the answer and FIN; keep reading (and dropping) for a moment so the
-            # client's unsent body does not turn our close into a reset that eats the answer.
-            transport.write_eof()
+        if linger:
+            # Send the answer (and FIN, where the transport can half-close: TLS cannot); keep
+            # reading (and dropping) for a moment so the client's unsent body does not turn our
+            # close into a reset that eats the answer.
+            if transport.can_write_eof():
+                transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport_close)
         else:
             transport.close()
+
+    def _access(self, request: _Request, status: int, version: str = "", request_id: str = "") -> None:
+        """The request's access-log line (``--access-log``): never a header's value but the trace id."""
+        access = self.server.access
+        assert access is not None
+        path = request.url.partition(b"?")[0].decode("latin-1")
+        if request.kind == _INFER:
+            model, named_version = request.model, request.version or ""
+        else:
+            model, named_version = model_of_path(path)
+        traceparent = next((value for name, value in request.headers if name.lower() == b"traceparent"), None)
+        client, _ = self.client_server()
+        seconds = time.monotonic() - request.started if request.started else 0.0  # 0: refused before it began
+        access.request("rest", path, model, version or named_version, status, seconds, request_id,
+                       f"{client[0]}:{client[1]}" if client else "", trace_id(traceparent))
 
     def client_server(self) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
         if self._local is None and self.transport is not None:
@@ -656,7 +697,7 @@ class _Cycle:
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": request.http_version,
             "method": request.method.decode("latin-1"),
-            "scheme": "http",
+            "scheme": self.conn.server.scheme,
             "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
             "query_string": query,

@@ -30,5 +30,5 @@ class InferRoute:
         finally:
             response.done()  # the outputs were views into shared memory; the payload is a copy
         if json_length is None:
-            return Reply(200, b"application/json", payload)
-        return Reply(200, b"application/octet-stream", payload, json_length)
+            return Reply(200, b"application/json", payload, None, response.model_version, request.id or "")
+        return Reply(200, b"application/octet-stream", payload, json_length, response.model_version, request.id or "")

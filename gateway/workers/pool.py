@@ -29,7 +29,9 @@ SNAPSHOT_TIMEOUT_S = 10.0
 class WorkerPool:
     """Starts, supervises and calls the runtime workers of one server."""
 
-    def __init__(self, on_restarted: Callable[[str], Awaitable[None]], on_change: Callable[[], None]) -> None:
+    def __init__(self, on_restarted: Callable[[str], Awaitable[None]], on_change: Callable[[], None],
+                 log_level: str = "info", log_format: str = "text") -> None:
+        self._log = [log_level, log_format]
         self._on_restarted = on_restarted
         self._on_change = on_change
         self._workers: dict[str, ChildProcess] = {}
@@ -46,8 +48,11 @@ class WorkerPool:
         """Where each running worker takes data connections."""
         return {framework: self._addresses[framework] for framework, w in self._workers.items() if w.alive}
 
-    def pids(self) -> dict[str, int | None]:
-        return {framework: w.pid for framework, w in self._workers.items()}
+    def children(self) -> list[ChildProcess]:
+        return list(self._workers.values())
+
+    def frameworks(self) -> list[str]:
+        return list(self._workers)
 
     def alive(self, framework: str) -> bool:
         worker = self._workers.get(framework)
@@ -97,7 +102,8 @@ class WorkerPool:
 
     async def _start(self, framework: str) -> ChildProcess:
         address = f"tensorgate-{os.getpid()}-{framework}-{next(self._generation)}"
-        worker = ChildProcess("worker", framework, "runtimes.worker", [framework, address], self._exited)
+        worker = ChildProcess("worker", framework, "runtimes.worker", [framework, address, *self._log],
+                             self._exited)
         await worker.start()
         self._workers[framework] = worker
         self._addresses[framework] = address

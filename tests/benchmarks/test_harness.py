@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from benchmarks import wrk
+from benchmarks import offline, wrk
 from benchmarks.models import MODELS, build_onnx, reference, sample_input
 from benchmarks.profile import summarize
 from benchmarks.report import Offline, Point, compare
@@ -24,6 +24,7 @@ from benchmarks.runner import RunConfig, run
 from benchmarks.server import BenchServer
 from benchmarks.stats import StatsSnapshot
 from gateway.cli import main as tensorgate
+from gateway.repository.config import METADATA_PLATFORM
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def test_torch_export_and_aoti_match_onnx_through_their_offline_runners(tmp_path
     for fmt in ("torch_export", "torch_aoti"):
         build(TINY, fmt, tmp_path / fmt / "model.pt2")
         assert format_of(tmp_path / fmt) == fmt
-        _, run = RUNNERS[fmt](tmp_path / fmt / "model.pt2", 1)
+        _, run = RUNNERS[fmt](tmp_path / fmt / "model.pt2", 1, True)
         result = run([("input", x)])
         y = result[0] if isinstance(result, list) else result  # the loader answers a flat list
         np.testing.assert_allclose(np.asarray(y), reference(TINY, x), rtol=1e-4, atol=1e-5)
@@ -178,3 +179,19 @@ def test_stats_delta_and_profile_summary(tmp_path: Path) -> None:
     native = tmp_path / "native.txt"
     native.write_text("run (loop.c);epoll_wait (libc.so.6) 60\nrun (loop.c);handle (app.py);writev (libc.so.6) 40\n")
     assert summarize(native, duration=1.0, native=True)["self"] == [("writev (libc.so.6)", 1.0)]
+
+
+@pytest.mark.parametrize("model", ["digits_tflite", "digits_tflite_int8"])
+def test_offline_times_tflite_models_through_the_servers_adapter(shared_repo: Path, model: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The any-model bench finds a TFLite model by the platform the server reports, and times it offline."""
+    assert offline.PLATFORMS[METADATA_PLATFORM["tflite"]] == "tflite"
+    inputs = {"batched": True, "tensors": [{"name": "input", "datatype": "FP32", "shape": [64]}]}
+    assert offline.main(["--format", "tflite", "--model-file", str(shared_repo / model / "1" / "model.tflite"),
+                         "--inputs", json.dumps(inputs), "--threads", "1", "--batch-sizes", "1,5,64",
+                         "--min-time", "0.01"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(offline.RESULT_PREFIX))
+    document = json.loads(line[len(offline.RESULT_PREFIX):])
+    assert document["framework"].startswith("ai-edge-litert ") and document["threads"] == 1
+    assert sorted(document["batches"], key=int) == ["1", "5", "64"]
+    assert all(b["median_ms"] > 0 for b in document["batches"].values())

@@ -24,13 +24,6 @@ KUBE_VERSIONS = ("1.29.0", "1.37.0")
 VALUE_SETS: dict[str, Path | None] = {"defaults": None} | {
     path.stem.removeprefix("values-"): path for path in sorted(EXAMPLES.glob("values-*.yaml"))
 }
-#: Value sets that need the observability issue's dashboard and rules files in the chart.
-NEEDS_MONITORING_FILES = {"monitoring"}
-
-
-def monitoring_files_present() -> bool:
-    return DASHBOARD.is_file() and RULES.is_file()
-
 
 def load_values(name: str) -> dict[str, Any] | None:
     path = VALUE_SETS[name]

@@ -23,14 +23,12 @@ from tests.deploy.chart_helpers import (
     FULLNAME,
     KUBE_VERSIONS,
     NAMESPACE,
-    NEEDS_MONITORING_FILES,
     ROOT,
     RULES,
     VALUE_SETS,
     by_kind,
     load_values,
     manifests,
-    monitoring_files_present,
     one,
     render,
     render_set,
@@ -40,14 +38,6 @@ from tests.deploy.chart_helpers import (
 #: Kinds of the Prometheus Operator, checked with its typed models instead of Kubernetes' schemas.
 OPERATOR_MODELS: dict[str, Any] = {"ServiceMonitor": monitoring_v1.ServiceMonitor,
                                    "PrometheusRule": monitoring_v1.PrometheusRule}
-MISSING_MONITORING_FILES = "helm/tensorgate/files/{grafana-dashboard.json,prometheus-rules.yaml} come with the " \
-                           "observability issue and are not in the chart yet"
-
-
-def _value_sets() -> list[Any]:
-    return [pytest.param(name, marks=pytest.mark.skipif(
-        name in NEEDS_MONITORING_FILES and not monitoring_files_present(), reason=MISSING_MONITORING_FILES))
-        for name in VALUE_SETS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,14 +53,14 @@ def test_the_chart_offers_the_value_sets_the_issue_asks_for() -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_helm_lints_strictly_without_findings(name: str, kube_version: str) -> None:
     report = helm.lint(CHART, load_values(name), strict=True, kube_version=f"v{kube_version}")
     assert report["total_charts_linted"] == 1
     assert report["messages"] == [] and report["errors"] == [], report
 
 
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_manifest_validates_strictly_for_both_kubernetes_versions(name: str) -> None:
     objects = render_set(name)
     assert objects
@@ -93,7 +83,7 @@ def test_the_strict_schemas_catch_a_misspelt_field(kube_version: str) -> None:
         kubernetes_validate.validate(deployment, kube_version, strict=True)
 
 
-@pytest.mark.parametrize("name", _value_sets())
+@pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_object_has_the_release_labels_and_namespace(name: str) -> None:
     for obj in render_set(name):
         metadata = obj["metadata"]
@@ -166,7 +156,6 @@ def test_rules_and_dashboard_are_read_from_the_chart_files(tmp_path: Path) -> No
         kubernetes_validate.validate(dashboard, version, strict=True)
 
 
-@pytest.mark.skipif(not monitoring_files_present(), reason=MISSING_MONITORING_FILES)
 def test_monitoring_renders_the_one_copy_of_the_dashboard_and_rules() -> None:
     objects = render_set("monitoring")
     for kind in ("ServiceMonitor", "PrometheusRule"):
@@ -227,6 +216,13 @@ def test_drain_timeout_flows_to_the_server_and_the_grace_period() -> None:
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 145
     explicit = manifests(render({"terminationGracePeriodSeconds": 90}))
     assert one(explicit, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+
+
+def test_log_format_and_access_log_flow_to_the_server() -> None:
+    args = server_container(manifests(render({})))["args"]
+    assert "--log-format=text" in args and "--access-log" not in args
+    args = server_container(manifests(render({"server": {"logFormat": "json", "accessLog": True}})))["args"]
+    assert "--log-format=json" in args and "--access-log" in args
 
 
 def test_frontends_flow_to_the_server() -> None:
@@ -335,8 +331,7 @@ def test_the_adapter_rules_serve_the_metric_names_the_chart_documents() -> None:
     for name in served:
         assert name in values_text
     for name in VALUE_SETS:
-        for hpa in by_kind(render_set(name), "HorizontalPodAutoscaler") if name not in NEEDS_MONITORING_FILES \
-                else []:
+        for hpa in by_kind(render_set(name), "HorizontalPodAutoscaler"):
             for metric in hpa["spec"]["metrics"]:
                 if metric["type"] == "Pods":
                     assert metric["pods"]["metric"]["name"] in served, name
@@ -408,6 +403,7 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     ({"server": {"drainTimeoutSeconds": "30"}}, "at '/server/drainTimeoutSeconds': got string, want integer"),
     ({"server": {"drainTimout": 30}}, "at '/server': additional properties 'drainTimout' not allowed"),
     ({"server": {"frontends": 0}}, "at '/server/frontends'"),
+    ({"server": {"logFormat": "yaml"}}, "at '/server/logFormat'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),
@@ -419,6 +415,11 @@ def test_notes_tell_how_to_reach_the_server() -> None:
     ({"podDisruptionBudget": {"minAvailable": "half"}}, "at '/podDisruptionBudget/minAvailable'"),
     ({"ingress": {"hosts": [{"host": "a", "paths": [{"path": "/", "pathtype": "Prefix"}]}]}},
      "additional properties 'pathtype' not allowed"),
+    ({"tls": {"enabled": "yes"}}, "at '/tls/enabled': got string, want boolean"),
+    ({"tls": {"secretname": "tg-tls"}}, "at '/tls': additional properties 'secretname' not allowed"),
+    ({"tls": {"secretName": "TG_TLS"}}, "at '/tls/secretName'"),
+    ({"tls": {"clientAuth": {"key": ""}}}, "at '/tls/clientAuth/key'"),
+    ({"server": {"ports": {"health": 0}}}, "at '/server/ports/health'"),
 ])
 def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str, Any], message: str) -> None:
     with helm.Chart.load(CHART) as chart:
@@ -440,9 +441,82 @@ def test_bad_values_are_rejected_with_a_message_naming_the_key(values: dict[str,
      "terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (35)"),
     ({"autoscaling": {"cpu": {"enabled": False}}}, "autoscaling.enabled needs autoscaling.cpu.enabled"),
     ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "autoscaling.minReplicas (5) is above"),
+    ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled"),
+    ({"tls": {"clientAuth": {"enabled": True}}}, "tls.clientAuth.enabled needs tls.enabled"),
+    ({"tls": {"enabled": True, "secretName": "tg-tls", "clientAuth": {"enabled": True}},
+      "monitoring": {"serviceMonitor": {"enabled": True}}},
+     "monitoring.serviceMonitor.tlsConfig needs cert and keySecret"),
 ])
 def test_inconsistent_values_fail_the_render_with_a_message_naming_the_key(values: dict[str, Any],
                                                                            message: str) -> None:
     with pytest.raises(helm.HelmRenderError) as error:
         render(values)
     assert message in str(error.value)
+
+
+# --- TLS -------------------------------------------------------------------------------------------------------
+
+
+def _volume(objects: tuple[dict[str, Any], ...] | list[dict[str, Any]], name: str) -> dict[str, Any]:
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volume: dict[str, Any] = next(v for v in volumes if v["name"] == name)
+    return volume
+
+
+def test_tls_comes_from_a_secret_mounted_whole_and_read_only() -> None:
+    """Whole-volume mounts are what the kubelet updates when cert-manager renews the Secret (a
+    subPath mount never changes), so the server's reload sees the new files."""
+    objects = render_set("tls")
+    container = server_container(objects)
+    assert {"--tls-cert=/etc/tensorgate/tls/tls.crt", "--tls-key=/etc/tensorgate/tls/tls.key"} <= set(container["args"])
+    assert not any(a.startswith(("--tls-client-ca", "--health-port")) for a in container["args"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/tensorgate/tls", "readOnly": True}
+    assert _volume(objects, "tls")["secret"] == {"secretName": "tensorgate-tls", "defaultMode": 0o440}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http" and container[probe]["httpGet"]["scheme"] == "HTTPS"
+    service = {p["name"]: p for p in one(objects, "Service")["spec"]["ports"]}
+    assert (service["http"]["appProtocol"], service["metrics"]["appProtocol"]) == ("https", "https")
+    assert "appProtocol" not in service["grpc"]  # h2c would be wrong: gRPC over TLS
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": "tensorgate-tls", "key": "ca.crt"}},
+                                     "serverName": f"{FULLNAME}.{NAMESPACE}.svc"}
+
+
+def test_mtls_probes_use_the_plain_health_port_kept_out_of_the_service() -> None:
+    objects = render_set("mtls")
+    container = server_container(objects)
+    assert {"--tls-client-ca=/etc/tensorgate/client-ca/ca.crt", "--health-port=8003"} <= set(container["args"])
+    assert {"name": "health", "containerPort": 8003, "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "health" and "scheme" not in container[probe]["httpGet"]
+    assert "health" not in {p["name"] for p in one(objects, "Service")["spec"]["ports"]}
+    assert _volume(objects, "tls-client-ca")["secret"]["secretName"] == "tensorgate-client-ca"
+    endpoint = one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["tlsConfig"]["keySecret"] == {"name": "prometheus-client", "key": "tls.key"}
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "tensorgate-tls", "key": "ca.crt"}}
+    test_pod = next(o for o in objects if o["kind"] == "Pod")
+    volumes = {v["name"]: v["secret"]["secretName"] for v in test_pod["spec"]["volumes"]}
+    assert volumes == {"tls": "tensorgate-tls", "test-client": "tensorgate-test-client"}
+    assert "load_cert_chain" in test_pod["spec"]["containers"][0]["command"][2]
+
+
+def test_notes_name_https_under_tls() -> None:
+    notes = render(load_values("mtls"))["tensorgate/templates/NOTES.txt"]
+    assert f"https://{FULLNAME}.{NAMESPACE}.svc:8000/v2" in notes and "--cert client.crt" in notes
+    assert "https://" not in render(None)["tensorgate/templates/NOTES.txt"]
+
+
+def test_the_client_ca_defaults_to_the_tls_secrets_ca() -> None:
+    objects = manifests(render({"tls": {"enabled": True, "secretName": "tg-tls", "clientAuth": {"enabled": True}}}))
+    container = server_container(objects)
+    assert "--tls-client-ca=/etc/tensorgate/tls/ca.crt" in container["args"]
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert "tls-client-ca" not in {v["name"] for v in volumes}
+
+
+def test_without_tls_nothing_changes() -> None:
+    container = server_container(render_set("defaults"))
+    assert not any(a.startswith(("--tls", "--health-port")) for a in container["args"])
+    assert "tls" not in {m["name"] for m in container["volumeMounts"]}

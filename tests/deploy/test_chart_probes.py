@@ -5,6 +5,7 @@ the Service routes to, and the metrics path the ServiceMonitor scrapes.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from benchmarks.server import free_port
 from tests import model_factory
 from tests.deploy.chart_helpers import CHART, manifests, one, render, server_container
 from tests.server import ServerProcess
+from tests.tls_certs import Authority
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +103,46 @@ def test_the_prometheus_adapter_rules_read_series_the_server_exports(rendered: d
                      "tensorgate_inflight_requests"):
             if name in rule["metricsQuery"]:
                 assert name in exported, (name, sorted(exported))
+
+
+@pytest.fixture(scope="module", params=["tls", "mtls"])
+def tls_chart(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real server started with the container arguments of the chart rendered with TLS (or mTLS),
+    the Secret's files (tls.crt, tls.key, ca.crt) made here in place of the mounted ones."""
+    folder = tmp_path_factory.mktemp(f"chart-{request.param}")
+    ca = Authority.create(folder, "ca")
+    issued = ca.issue("server")
+    secret = folder / "secret"
+    secret.mkdir()
+    for name, source in (("tls.crt", issued.cert), ("tls.key", issued.key), ("ca.crt", ca.cert)):
+        (secret / name).write_bytes(source.read_bytes())
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "health": free_port()}
+    tls: dict[str, Any] = {"enabled": True, "secretName": "tg-tls",
+                           "clientAuth": {"enabled": request.param == "mtls"}}
+    objects = manifests(render({"server": {"ports": ports}, "tls": tls}))
+    repo = folder / "repo"
+    repo.mkdir()
+    model_factory.flat_identity_model(repo)
+    args = [a.replace("/etc/tensorgate/tls", str(secret)) for a in server_container(objects)["args"]]
+    args[args.index("--model-repo=/models")] = f"--model-repo={repo}"
+    args[args.index("--host=0.0.0.0")] = "--host=127.0.0.1"
+    server = ServerProcess(repo, args, http_port=ports["http"], grpc_port=ports["grpc"], metrics_port=ports["metrics"])
+    server.start()
+    yield {"objects": objects, "server": server, "mode": request.param, "ca": ca}
+    assert server.stop() == 0, server.log()
+
+
+def test_the_probes_work_with_tls_on(tls_chart: dict[str, Any]) -> None:
+    """As the kubelet probes: HTTPS without checking the certificate, and never a client certificate."""
+    container = server_container(tls_chart["objects"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        url = f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{_port(container, get['port'])}{get['path']}"
+        reply = httpx.get(url, verify=False)
+        assert 200 <= reply.status_code < 400, (probe, url, reply.status_code, reply.text)
+    rest = f"https://127.0.0.1:{_port(container, 'http')}/v2/health/ready"
+    if tls_chart["mode"] == "mtls":  # why the probes cannot use the REST port there
+        with pytest.raises(httpx.TransportError):
+            httpx.get(rest, verify=False)
+    else:
+        assert httpx.get(rest, verify=ssl.create_default_context(cafile=tls_chart["ca"].cert)).status_code == 200

@@ -19,7 +19,7 @@ from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-RUNTIME_EXTRAS = {"onnx", "torch", "tensorflow", "jax", "all"}
+RUNTIME_EXTRAS = {"onnx", "torch", "tensorflow", "jax", "tflite", "all"}
 
 
 def _instructions() -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import pytest
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests import framework_models as fm
+from tests.helpers import MACHINE_SKIP
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,7 @@ def test_broken_models_are_reported_by_file_and_the_others_serve(framework_serve
         assert r.json()["outputs"][0]["data"] == [2, 4, 6, 8]
 
 
-@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a GPU")
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason=MACHINE_SKIP)
 def test_a_missing_gpu_is_a_clear_load_error(framework_server: ServerProcess) -> None:
     index = {m["name"]: m for m in httpx.get(f"{framework_server.http_url}/v2/models").json()["models"]}
     for framework, name in (("torch", "gpu_torchscript"), ("torch", "gpu_torch_export"), ("torch", "gpu_aoti"),

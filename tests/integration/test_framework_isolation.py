@@ -13,9 +13,9 @@ from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-FRAMEWORK_MODULES = ("onnxruntime", "torch", "tensorflow", "jax", "jaxlib", "onnx")
+FRAMEWORK_MODULES = ("onnxruntime", "torch", "tensorflow", "jax", "jaxlib", "onnx", "ai_edge_litert")
 DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
-          "digits_jax"]
+          "digits_jax", "digits_tflite", "digits_tflite_int8"]
 
 
 def test_gateway_process_imports_no_framework_with_every_platform(shared_repo: Path) -> None:
@@ -57,7 +57,8 @@ asyncio.run(main())
 
 def test_each_worker_imports_only_its_own_framework(server: ServerProcess) -> None:
     """The shared server's workers, one per framework, each mapped only its own framework's libraries."""
-    own = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorflow": "tensorflow", "jax": "jaxlib"}
+    own = {"onnxruntime": "onnxruntime", "torch": "torch", "tensorflow": "tensorflow", "jax": "jaxlib",
+           "tflite": "ai_edge_litert"}
     seen = {}
     for pid in server.worker_pids():
         framework = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[3].decode()

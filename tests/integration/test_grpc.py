@@ -8,10 +8,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.tfserving.generated import tf_serving_apis_pb2 as tfs_pb
 from tests.server import ServerProcess
 
 
@@ -86,3 +88,36 @@ def test_metrics_count_requests(server: ServerProcess, stub: pb_grpc.GRPCInferen
     text = httpx.get(server.metrics_url).text
     assert 'tensorgate_requests_total{model="versioned",outcome="success",protocol="grpc",version="2"}' in text
     assert 'tensorgate_model_ready{model="versioned",version="1"} 1.0' in text
+
+
+def _garbage_call(channel: grpc.Channel, service: str, method: MethodDescriptor) -> grpc.RpcError:
+    """``method`` called with bytes that parse as no message."""
+    path, garbage = f"/{service}/{method.name}", b"\xff\xff\xff\xff\x0f not a message"
+    with pytest.raises(grpc.RpcError) as info:
+        if method.client_streaming:
+            list(channel.stream_stream(path, request_serializer=bytes, response_deserializer=bytes)(
+                iter([garbage]), timeout=30))
+        elif method.server_streaming:
+            list(channel.unary_stream(path, request_serializer=bytes, response_deserializer=bytes)(garbage, timeout=30))
+        else:
+            channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(garbage, timeout=30)
+    assert isinstance(info.value, grpc.RpcError)
+    return info.value
+
+def test_undecodable_messages_get_invalid_argument_on_every_method(channel: grpc.Channel,
+                                                                  stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """grpc.aio would answer UNKNOWN; every method decodes its own request and answers INVALID_ARGUMENT."""
+    services = [pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                health_pb2.DESCRIPTOR.services_by_name["Health"],
+                tfs_pb.DESCRIPTOR.services_by_name["PredictionService"],
+                tfs_pb.DESCRIPTOR.services_by_name["ModelService"]]
+    called = []
+    for service in services:
+        for method in service.methods:
+            error = _garbage_call(channel, service.full_name, method)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, error.code(), error.details())
+            assert "does not parse" in (error.details() or "") and method.input_type.full_name in error.details()
+            called.append(method.name)
+    assert {"ModelInfer", "ModelStreamInfer", "ServerLive", "RepositoryModelLoad", "Check", "Watch", "Predict",
+            "GetModelStatus"} <= set(called)
+    assert stub.ServerLive(pb.ServerLiveRequest()).live  # still serving

@@ -132,13 +132,17 @@ def test_an_empty_dynamic_batching_block_means_our_defaults_and_a_bounded_queue(
     ('platform: "torch_export" backend: "pytorch"', "torch_export"),
     ('platform: "torch_aoti" backend: "pytorch"', "torch_aoti"),
     ('platform: "jax"', "jax"),
+    ('platform: "tflite"', "tflite"),
+    ('backend: "tflite"', "tflite"),
+    ('backend: "armnn_tflite"', "tflite"),  # Triton's TFLite backend
 ])
 def test_platform_and_backend(tmp_path: Path, fields: str, platform: str) -> None:
     assert _load(tmp_path, fields).platform == platform
 
 
 @pytest.mark.parametrize(("file", "platform"), [("model.onnx", "onnx"), ("model.pt", "torchscript"),
-                                                ("model.savedmodel", "savedmodel"), ("model.pt2", "torch_export")])
+                                                ("model.savedmodel", "savedmodel"), ("model.pt2", "torch_export"),
+                                                ("model.tflite", "tflite")])
 def test_without_platform_or_backend_the_model_file_decides(tmp_path: Path, file: str, platform: str) -> None:
     path = _write(tmp_path, "max_batch_size: 0\n", versions=("1",))
     (path.parent / "1" / file).touch()
@@ -219,10 +223,16 @@ output [ { name: "OUTPUT__1" data_type: TYPE_FP32 dims: [ 4 ] },
     ("intra_op_threads", "intra_op_threads"), ("inter_op_threads", "inter_op_threads"),
     ("intra_op_thread_count", "intra_op_threads"), ("inter_op_thread_count", "inter_op_threads"),  # ONNX backend
     ("INTRA_OP_THREAD_COUNT", "intra_op_threads"), ("INTER_OP_THREAD_COUNT", "inter_op_threads"),  # PyTorch
+    ("tflite_num_threads", "intra_op_threads"),  # Triton's TFLite backend
 ])
 def test_thread_parameters_under_triton_backends_names(tmp_path: Path, key: str, ours: str) -> None:
     text = ONNX + f'parameters {{ key: "{key}" value {{ string_value: "3" }} }}\n'
     assert _load(tmp_path, text).parameters == {ours: "3"}
+
+
+def test_raw_quantized_parameter(tmp_path: Path) -> None:
+    text = 'backend: "armnn_tflite"\nparameters { key: "raw_quantized" value { string_value: "true" } }\n'
+    assert _load(tmp_path, text).parameters == {"raw_quantized": "true"}
 
 
 def test_signature_name_parameter(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The runtime adapters in-process, without a server: buckets, input binding, output mapping, CPU fallbacks.
 
-torch and JAX are imported here (they coexist with the test process); TensorFlow is not (see
-tests/framework_models.py), so the SavedModel adapter is tested through the servers only.
+torch, JAX and LiteRT are imported here (they coexist with the test process); TensorFlow is not
+(see tests/framework_models.py), so the SavedModel adapter is tested through the servers only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from gateway.contract import LoadModel
-from runtimes.base import ModelLoadError, batch_buckets, bucket_for, pad_rows
-from tests.helpers import load_script
+from runtimes.base import InvalidInput, ModelLoadError, batch_buckets, bucket_for, pad_rows
+from tests.helpers import MACHINE_SKIP, load_script
 
 
 def test_buckets_are_powers_of_two_or_the_preferred_sizes_and_always_reach_the_maximum() -> None:
@@ -51,9 +51,9 @@ def build() -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def digits(build: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
-    """The example models in torch and JAX formats, the digits test inputs and the numpy reference logits."""
+    """The example models in torch, JAX and TFLite formats, the digits test inputs and the numpy reference logits."""
     repo = tmp_path_factory.mktemp("adapters")
-    build.build_repo(repo, formats=["torchscript", "torch_export", "jax"])
+    build.build_repo(repo, formats=["torchscript", "torch_export", "jax", "tflite", "tflite_int8"])
     x, _ = build.digits_test_split()
     return repo, x, build.numpy_forward(build.train_digits_mlp(), x)
 
@@ -126,7 +126,50 @@ def test_torchscript_binds_inputs_by_name_or_position_and_maps_outputs(tmp_path:
         TorchScriptAdapter(_spec(path.parent, "torchscript"))
 
 
-@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this machine has a GPU")
+def test_tflite_resizes_the_batch_and_checks_each_input(digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    from runtimes.tflite import TFLiteAdapter
+
+    repo, x, reference = digits
+    adapter = TFLiteAdapter(_spec(repo / "digits_tflite" / "1", "tflite", instances=2))
+    read_only = x.copy()
+    read_only.flags.writeable = False  # as arrays over a request's bytes can be
+    for rows in (64, 1, 7, 64, 2):
+        logits = adapter.execute({"input": read_only[:rows]}, ["logits"])["logits"]
+        np.testing.assert_allclose(logits, reference[:rows], rtol=0, atol=1e-5)
+    with pytest.raises(InvalidInput, match=re.escape("input 'input': shape [2, 32] does not fit the model's [-1, 64]")):
+        adapter.execute({"input": x[:2, :32]}, ["logits"])
+    with pytest.raises(InvalidInput, match="input 'input': int32 does not fit the model's FP32"):
+        adapter.execute({"input": x[:2].astype(np.int32)}, ["logits"])
+    with pytest.raises(InvalidInput, match="no output 'probabilities'"):
+        adapter.execute({"input": x[:2]}, ["probabilities"])
+    with pytest.raises(ModelLoadError, match="no signature 'predict'"):
+        TFLiteAdapter(_spec(repo / "digits_tflite" / "1", "tflite", parameters={"signature_name": "predict"}))
+    with pytest.raises(ModelLoadError, match=re.escape("parameters.raw_quantized is 'yes', not true or false")):
+        TFLiteAdapter(_spec(repo / "digits_tflite" / "1", "tflite", parameters={"raw_quantized": "yes"}))
+
+
+def test_tflite_int8_quantizes_as_tflite_does(digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    """Inputs round half away from zero and saturate; raw_quantized serves the integers; the result is
+    the float model's within two steps of the output's quantization (measured: 1.15)."""
+    from runtimes.tflite import TFLiteAdapter
+
+    repo, x, reference = digits
+    adapter = TFLiteAdapter(_spec(repo / "digits_tflite_int8" / "1", "tflite"))
+    raw = TFLiteAdapter(_spec(repo / "digits_tflite_int8" / "1", "tflite", parameters={"raw_quantized": "true"}))
+    assert [t.datatype for t in raw.signature().inputs + raw.signature().outputs] == ["INT8", "INT8"]
+    (tensor, _), output = adapter._inputs["input"], adapter._outputs["logits"]
+    assert tensor.quantization is not None and output.quantization is not None
+    scale, zero = tensor.quantization
+    steps = np.array([-300.5, -2.5, -0.5, 0.5, 1.5, 2.5, 300.5], np.float32)
+    assert tensor.quantize(steps * np.float32(scale)).tolist() == [
+        max(-128, min(127, int(v) + zero)) for v in (-301, -3, -1, 1, 2, 3, 301)]
+    logits = adapter.execute({"input": x}, ["logits"])["logits"]
+    integers = raw.execute({"input": tensor.quantize(x)}, ["logits"])["logits"]
+    assert integers.dtype == np.int8 and np.array_equal(output.dequantize(integers), logits)
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=2 * output.quantization[0])
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason=MACHINE_SKIP)
 def test_asking_for_a_missing_gpu_is_a_load_error(digits: tuple[Path, np.ndarray, np.ndarray]) -> None:
     from runtimes.jax import JaxAdapter
     from runtimes.torchscript import TorchScriptAdapter
@@ -141,23 +184,25 @@ def test_asking_for_a_missing_gpu_is_a_load_error(digits: tuple[Path, np.ndarray
 
 @pytest.mark.parametrize(("platform", "folder", "file"), [("torchscript", "digits_torchscript", "model.pt"),
                                                           ("torch_export", "digits_torch_export", "model.pt2"),
-                                                          ("jax", "digits_jax", "model.jax")])
+                                                          ("jax", "digits_jax", "model.jax"),
+                                                          ("tflite", "digits_tflite", "model.tflite")])
 def test_adapters_read_default_model_filename(digits: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path,
                                               platform: str, folder: str, file: str) -> None:
     """LoadModel.filename (a config's default_model_filename) replaces the format's default file name."""
     from runtimes.base import RuntimeAdapter
     from runtimes.jax import JaxAdapter
+    from runtimes.tflite import TFLiteAdapter
     from runtimes.torch_export import TorchExportAdapter
     from runtimes.torchscript import TorchScriptAdapter
 
     classes: dict[str, type[RuntimeAdapter]] = {"torchscript": TorchScriptAdapter, "torch_export": TorchExportAdapter,
-                                                "jax": JaxAdapter}
+                                                "jax": JaxAdapter, "tflite": TFLiteAdapter}
     repo, x, reference = digits
     version = tmp_path / "1"
     shutil.copytree(repo / folder / "1", version)
     renamed = f"digits{Path(file).suffix}"
     (version / file).rename(version / renamed)
-    tensors: dict[str, object] = {"preferred_batch_sizes": (64,)} if platform == "jax" else \
+    tensors: dict[str, object] = {"preferred_batch_sizes": (64,)} if platform in ("jax", "tflite") else \
         {"inputs": [("input", "FP32")], "outputs": [("logits", "FP32")]}
     cls = classes[platform]
     with pytest.raises(ModelLoadError, match=re.escape(f"{version / file}: model file not found")):

@@ -3,6 +3,9 @@
 import argparse
 import logging
 import os
+import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,14 @@ from gateway.settings import (
     add_serve_arguments,
     available_cpus,
     default_frontends,
+    env_name,
+    flag_name,
     settings_from,
 )
 
 ENV_NAMES = ["MODEL_REPO", "HOST", "HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "LOG_LEVEL", "MAX_REQUEST_BYTES",
-             "METRICS_COMPAT", "MODEL_CONTROL_MODE", "REPOSITORY_POLL_SECS", "LOAD_MODEL"]
+             "METRICS_COMPAT", "MODEL_CONTROL_MODE", "REPOSITORY_POLL_SECS", "LOAD_MODEL", "DRAIN_TIMEOUT",
+             "FRONTENDS", "STRICT_READINESS", "LOG_FORMAT", "ACCESS_LOG"]
 
 
 @pytest.fixture(autouse=True)
@@ -83,17 +89,69 @@ def test_command_line_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert _parse("--http-port", "9000").http_port == 9000
 
 
-def test_environment_is_read_when_the_arguments_are_added(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("argv", "variable", "fragment"), [
+    (("--log-level", "verbose"), ("LOG_LEVEL", "verbose"), "input should be 'debug', 'info', 'warning' or 'error'"),
+    (("--http-port", "abc"), ("HTTP_PORT", "abc"), "input should be a valid integer"),
+    (("--grpc-port", "70000"), ("GRPC_PORT", "70000"), "input should be less than or equal to 65535"),
+    (("--metrics-port", "-1"), ("METRICS_PORT", "-1"), "input should be greater than or equal to 0"),
+    (("--drain-timeout", "inf"), ("DRAIN_TIMEOUT", "inf"), "must be a finite number of seconds"),
+    (("--frontends", "0"), ("FRONTENDS", "0"), "input should be greater than or equal to 1"),
+    (("--strict-readiness", "maybe"), ("STRICT_READINESS", "maybe"), "input should be a valid boolean"),
+    (("--log-format", "yaml"), ("LOG_FORMAT", "yaml"), "input should be 'text' or 'json'"),
+    (("--access-log", "sometimes"), ("ACCESS_LOG", "sometimes"), "input should be a valid boolean"),
+])
+def test_a_bad_value_is_refused_naming_the_flag_or_the_variable(
+        argv: tuple[str, ...], variable: tuple[str, str], fragment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is checked exactly as the flags are (it used to skip the choices check)."""
+    with pytest.raises(SettingsError, match=f"^{argv[0]} '{argv[1]}': ") as flag_error:
+        _parse(*argv)
+    assert fragment in str(flag_error.value)
+    name, value = variable
+    monkeypatch.setenv(f"TENSORGATE_{name}", value)
+    with pytest.raises(SettingsError, match=f"^TENSORGATE_{name}='{value}': ") as env_error:
+        _parse()
+    assert fragment in str(env_error.value)
+
+
+def test_log_format_and_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (_parse().log_format, _parse().access_log) == ("text", False)
+    assert _parse("--log-format", "JSON", "--access-log").model_dump(include={"log_format", "access_log"}) == {
+        "log_format": "json", "access_log": True}
+    assert _parse("--access-log", "false").access_log is False
+    monkeypatch.setenv("TENSORGATE_ACCESS_LOG", "true")
+    monkeypatch.setenv("TENSORGATE_LOG_FORMAT", "json")
+    assert (_parse().log_format, _parse().access_log) == ("json", True)
+
+
+def test_every_bad_value_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as error:
+        _parse("--http-port", "x", "--frontends", "99")
+    assert "--http-port 'x'" in str(error.value) and "--frontends '99'" in str(error.value)
+
+
+def test_the_command_line_reports_a_bad_variable_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "TENSORGATE_HTTP_PORT": "abc"}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--model-repo", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(
+        "tensorgate serve: error: TENSORGATE_HTTP_PORT='abc': input should be a valid integer, "
+        "unable to parse string as an integer")
+
+
+def test_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"tensorgate {version('tensorgate')}"
+
+
+def test_every_setting_has_a_flag_with_its_variable_in_the_help() -> None:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    monkeypatch.setenv("TENSORGATE_HOST", "10.0.0.1")
-    assert parser.parse_args([]).host == "127.0.0.1"
-
-
-def test_unknown_log_level_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        _parse("--log-level", "verbose")
-    assert "invalid choice" in capsys.readouterr().err
+    text = " ".join(parser.format_help().split())
+    for field in Settings.model_fields:
+        assert flag_name(field) in text and env_name(field) in text
 
 
 def test_metrics_compat_is_none_unless_triton_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,16 +163,14 @@ def test_metrics_compat_is_none_unless_triton_is_asked_for(monkeypatch: pytest.M
     assert Settings.from_json(_parse().to_json()).metrics_compat == "triton"
 
 
-@pytest.mark.parametrize("where", ["flag", "environment"])
-def test_unknown_metrics_compat_is_rejected(where: str, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        if where == "flag":
-            _parse("--metrics-compat", "tfserving")
-        else:
-            monkeypatch.setenv("TENSORGATE_METRICS_COMPAT", "tfserving")
-            _parse()
-    assert "--metrics-compat: must be one of none, triton, not 'tfserving'" in capsys.readouterr().err
+def test_unknown_metrics_compat_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match=r"^--metrics-compat 'tfserving': input should be 'none' or 'triton'"):
+        _parse("--metrics-compat", "tfserving")
+    monkeypatch.setenv("TENSORGATE_METRICS_COMPAT", "tfserving")
+    with pytest.raises(SettingsError, match=r"^TENSORGATE_METRICS_COMPAT='tfserving': input should be"):
+        _parse()
+
+
 def test_model_control_modes() -> None:
     assert (Settings().model_control_mode, Settings().repository_poll_secs, Settings().load_models) == ("none", 15.0,
                                                                                                        ())
@@ -143,10 +199,9 @@ def test_load_model_outside_explicit_mode_or_star_with_names_is_refused(argv: tu
 
 @pytest.mark.parametrize("argv", [("--model-control-mode", "manual"), ("--repository-poll-secs", "0"),
                                   ("--repository-poll-secs", "soon")])
-def test_bad_model_control_flags_are_rejected(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+def test_bad_model_control_flags_are_rejected(argv: tuple[str, ...]) -> None:
+    with pytest.raises(SettingsError, match=f"^{argv[0]} '{argv[1]}': "):
         _parse(*argv)
-    assert "--" in capsys.readouterr().err
 
 
 # --- log_event -------------------------------------------------------------------------------------------------

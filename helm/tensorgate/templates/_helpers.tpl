@@ -71,3 +71,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- int .Values.terminationGracePeriodSeconds }}
 {{- end }}
 {{- end }}
+
+{{/* TLS: the mounted files, and the probes' httpGet (the health port under mTLS, HTTPS under TLS). */}}
+{{- define "tensorgate.tlsDir" -}}/etc/tensorgate/tls{{- end }}
+
+{{- define "tensorgate.clientCAPath" -}}
+{{- if .Values.tls.clientAuth.secretName }}
+{{- printf "/etc/tensorgate/client-ca/%s" .Values.tls.clientAuth.key }}
+{{- else }}
+{{- printf "%s/%s" (include "tensorgate.tlsDir" .) .Values.tls.clientAuth.key }}
+{{- end }}
+{{- end }}
+
+{{/* Argument: dict with root (the chart's context) and path. */}}
+{{- define "tensorgate.probeGet" -}}
+httpGet:
+  path: {{ .path }}
+  {{- if .root.Values.tls.clientAuth.enabled }}
+  port: health
+  {{- else }}
+  port: http
+  {{- if .root.Values.tls.enabled }}
+  scheme: HTTPS
+  {{- end }}
+  {{- end }}
+{{- end }}
