@@ -77,6 +77,7 @@ ADAPTERS = {
     "onnx": "runtimes.onnx:OnnxRuntimeAdapter",
     "torchscript": "runtimes.torchscript:TorchScriptAdapter",
     "torch_export": "runtimes.torch_export:TorchExportAdapter",
+    "torch_aoti": "runtimes.torch_aoti:TorchAotiAdapter",
     "savedmodel": "runtimes.savedmodel:SavedModelAdapter",
     "jax": "runtimes.jax:JaxAdapter",
     "tflite": "runtimes.tflite:TFLiteAdapter",
