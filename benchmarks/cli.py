@@ -22,7 +22,7 @@ from pathlib import Path
 
 PROTOCOLS = ("rest-json", "rest-binary", "grpc")
 MODEL_NAMES = ("mlp_small", "mlp_large", "identity", "mlp_tiny")
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "torch_export", "torch_aoti")
 
 
 def _ints(text: str) -> list[int]:
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated models: with --url, the server's model names; without, the "
                            f"harness's benchmark models {', '.join(MODEL_NAMES)} (default mlp_small)")
     what.add_argument("--format", choices=FORMATS, default="onnx",
-                      help="benchmark model format, served as <model> (onnx) or <model>_torchscript (default onnx; "
+                      help="benchmark model format, served as <model> (onnx) or <model>_<format> (default onnx; "
                            "not with --url)")
     what.add_argument("--protocol", type=_names(PROTOCOLS), default=["grpc"],
                       help=f"comma-separated: {', '.join(PROTOCOLS)} (default grpc)")
@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="send the key in $TENSORGATE_BENCH_API_KEY in this header with every REST inference "
                                "request (a server with --protect inference:NAME); the key stays out of the results")
     external.add_argument("--model-repo", type=Path, default=None,
-                          help="the repository the server serves: its ONNX and TorchScript files are timed offline")
+                          help="the repository the server serves: its ONNX, TorchScript, torch.export and "
+                               "AOTInductor files are timed offline")
     gen = parser.add_argument_group("load generation and output")
     gen.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                      help="HTTP load from wrk (auto: when installed) or the Python client")

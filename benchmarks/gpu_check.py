@@ -14,7 +14,10 @@ host-to-device copies and results back on the host included). It prints one tabl
 model. A model that cannot be loaded on the device (a framework build without CUDA, say) is
 reported with the reason. A model whose framework is not installed here (no TensorFlow on the
 GPU machine, say) is skipped, with the missing module named. LiteRT (``tflite``) has no NVIDIA
-GPU delegate: its models run on the CPU whatever ``--device`` says, and their row says so.
+GPU delegate: its models run on the CPU whatever ``--device`` says, and their row says so. An
+AOTInductor package runs only on the device type it was compiled for, so for a GPU the script
+compiles the digits package again, for that GPU, from the same weights (a minute or so), and
+loads that one on the device.
 
 Exit status: 0 when every model that could be tried loaded and matched; 1 when a model's
 outputs differ; 2 when a model could not be loaded on the device (and none differed), or
@@ -27,6 +30,7 @@ import argparse
 import importlib.util
 import statistics
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass, field, replace
@@ -49,7 +53,7 @@ from runtimes.base import ModelLoadError, RuntimeAdapter  # noqa: E402
 from runtimes.worker import ADAPTERS  # noqa: E402
 
 #: Framework import order: TensorFlow first, so that it never sees (and imports) jax itself.
-_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "jax": 3, "tflite": 4}
+_ORDER = {"savedmodel": 0, "onnx": 1, "torchscript": 2, "torch_export": 2, "torch_aoti": 2, "jax": 3, "tflite": 4}
 #: Platforms whose runtime runs on the CPU only: timed there, whatever the device asked for.
 CPU_ONLY = {"tflite"}
 
@@ -93,6 +97,19 @@ def _spec(repo: Path, name: str, version: int, device: str) -> LoadModel:
     )
 
 
+def _on_device(spec: LoadModel, device: str, build: types.ModuleType, staging: Path) -> LoadModel:
+    """``spec`` placed on ``device``; an AOTInductor package is first compiled for that device."""
+    moved = replace(spec, device=device)
+    if spec.platform != "torch_aoti" or device == "cpu":
+        return moved
+    version = staging / spec.model_name / "1"
+    try:
+        build.export_torch_aoti(build.train_digits_mlp(), version / "model.pt2", device=device.split(":")[0])
+    except RuntimeError as exc:  # the compiler's own output, e.g. no CUDA toolchain for inductor
+        raise ModelLoadError(f"compiling {spec.model_name} for {device} failed: {exc}") from None
+    return replace(moved, path=str(version))
+
+
 def _run_all(adapter: RuntimeAdapter, x: np.ndarray, batch: int) -> np.ndarray:
     parts = [adapter.execute({"input": x[i : i + batch]}, ["logits"])["logits"] for i in range(0, len(x), batch)]
     return np.concatenate(parts)
@@ -105,6 +122,7 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
     entries = [e for e in scan_repository(repo) if e.name in examples and e.config is not None and e.versions]
     entries.sort(key=lambda e: (_ORDER.get(e.config.platform, 9) if e.config else 9, e.name))
     results = []
+    staging = tempfile.TemporaryDirectory(prefix="gpu_check.")
     for entry in entries:
         assert entry.config is not None
         target = "cpu" if entry.config.platform in CPU_ONLY else device
@@ -114,7 +132,8 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
         try:
             reference_adapter = _adapter(spec)
             reference = _run_all(reference_adapter, x, spec.max_batch_size or len(x))
-            adapter = reference_adapter if target == "cpu" else _adapter(replace(spec, device=target))
+            adapter = reference_adapter if target == "cpu" else _adapter(
+                _on_device(spec, target, build, Path(staging.name)))
         except ImportError as exc:
             result.status = f"skipped: {entry.config.platform} needs {exc.name or exc}, not installed here"
             continue
@@ -140,6 +159,7 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
         adapter.close()
         if adapter is not reference_adapter:
             reference_adapter.close()
+    staging.cleanup()
     return results
 
 

@@ -157,7 +157,8 @@ def serve_tensorgate(port: int) -> None:
 
     from gateway.rest.http_server import HttpServer, Reply
 
-    async def infer(model: str, version: str | None, body: bytes, header_length: str | None) -> Reply:
+    async def infer(model: str, version: str | None, body: bytes, header_length: str | None,
+                    headers: list[tuple[bytes, bytes]]) -> Reply:
         return Reply(200, b"application/json", answer(model, body))
 
     async def main() -> None:

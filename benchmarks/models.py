@@ -1,4 +1,4 @@
-"""The benchmark models, built from seeded weights in ONNX and TorchScript.
+"""The benchmark models, built from seeded weights in ONNX, TorchScript, torch.export and AOTInductor.
 
 - ``mlp_small``: 784 -> 2048 -> 2048 -> 10, FP32, ReLU: per-request overhead dominates.
 - ``mlp_large``: 784 -> 4096 -> 4096 -> 4096 -> 10, FP32, ReLU: compute dominates.
@@ -6,9 +6,10 @@
 - ``mlp_tiny``: 784 -> 32 -> 10: for the harness's own tests.
 
 Every model takes ``input`` [batch, 784] FP32 and answers ``logits`` [batch, 10] (``output``
-[batch, 784] for ``identity``). The ONNX and TorchScript files of one model hold the same
-weights, so both compute the same function. Nothing is downloaded: weights come from
-``numpy.random.default_rng(SEED)`` (He-scaled normal, so activations neither vanish nor blow up).
+[batch, 784] for ``identity``). Every format's file of one model holds the same weights, so
+all compute the same function; the AOTInductor package is compiled for this machine's CPU.
+Nothing is downloaded: weights come from ``numpy.random.default_rng(SEED)`` (He-scaled normal,
+so activations neither vanish nor blow up).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +26,12 @@ OPSET = 17
 INPUT_SIZE = 784
 #: Bumped when a builder changes, so cached files are rebuilt.
 BUILD_VERSION = 1
+#: What torch 2.13's AOTInductor compile warns about on the way (scripts/build_model_repo.py has the why).
+AOTI_COMPILE_WARNINGS = ((r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+                         (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning))
 
-FORMATS = ("onnx", "torchscript")
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = ("onnx", "torchscript", "torch_export", "torch_aoti")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "torch_aoti": "model.pt2"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +141,8 @@ def build_onnx(spec: ModelSpec, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def build_torchscript(spec: ModelSpec, path: Path) -> None:
-    """Write ``spec`` as a TorchScript module whose ``forward(input)`` returns one tensor."""
+def _torch_module(spec: ModelSpec) -> Any:
+    """``spec`` as a ``torch.nn.Sequential`` whose ``forward(input)`` returns one tensor."""
     import torch
 
     layers: list[torch.nn.Module] = []
@@ -153,7 +158,14 @@ def build_torchscript(spec: ModelSpec, path: Path) -> None:
             layers.append(linear)
             if index < len(params) - 1:
                 layers.append(torch.nn.ReLU())
-    module = torch.nn.Sequential(*layers).eval()
+    return torch.nn.Sequential(*layers).eval()
+
+
+def build_torchscript(spec: ModelSpec, path: Path) -> None:
+    """Write ``spec`` as a TorchScript module."""
+    import torch
+
+    module = _torch_module(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # torch 2.13 deprecates torch.jit; TorchScript files are what this format is.
@@ -163,10 +175,42 @@ def build_torchscript(spec: ModelSpec, path: Path) -> None:
         torch.jit.save(scripted, str(path))
 
 
+def _program(spec: ModelSpec) -> Any:
+    """``spec`` exported by ``torch.export`` with a dynamic, unbounded batch dimension."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(_torch_module(spec), (torch.zeros(2, spec.input_size),),
+                               dynamic_shapes={"input": {0: batch}})
+
+
+def build_torch_export(spec: ModelSpec, path: Path) -> None:
+    """Write ``spec`` as a ``torch.export`` program."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(_program(spec), str(path))
+
+
+def build_torch_aoti(spec: ModelSpec, path: Path) -> None:
+    """Compile ``spec`` with AOTInductor for the CPU (default options) into the package ``path``."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        for message, category in AOTI_COMPILE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        torch._inductor.aoti_compile_and_package(_program(spec), package_path=str(path))
+
+
 def build(spec: ModelSpec, fmt: str, path: Path) -> None:
     if fmt == "onnx":
         build_onnx(spec, path)
     elif fmt == "torchscript":
         build_torchscript(spec, path)
+    elif fmt == "torch_export":
+        build_torch_export(spec, path)
+    elif fmt == "torch_aoti":
+        build_torch_aoti(spec, path)
     else:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")

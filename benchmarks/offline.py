@@ -3,8 +3,9 @@
 ``python -m benchmarks.offline`` loads the model file the server serves, with the same
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
-``runtimes/torchscript.py``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which holds
-the interpreter, its shape cache and the quantization the server applies), and times one call
+``runtimes/torchscript.py``; an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
+it, through its loader's ``boxed_run``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which
+holds the interpreter, its shape cache and the quantization the server applies), and times one call
 per batch size: the median of repeated calls after a warm-up. ``--inputs`` describes the
 model's inputs as the server states them (JSON: {"batched": bool, "tensors": [{"name",
 "datatype", "shape"}]}, shapes without the batch dim), and the data is generated as for the
@@ -15,6 +16,7 @@ served requests (``benchmarks.inputs``). Prints ``TGBENCH {json}``: {"framework"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -27,13 +29,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks.inputs import SEED, generate
+from gateway.repository.pt2 import is_aoti_package
 
 RESULT_PREFIX = "TGBENCH "
 #: Formats timed offline, and the file a Triton-style repository holds them in.
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite"}
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch_export": "model.pt2", "torch_aoti": "model.pt2",
+               "tflite": "model.tflite"}
 #: Metadata platforms (Triton's names, which TensorGate reports too) of those formats.
 PLATFORMS = {"onnxruntime_onnx": "onnx", "onnx": "onnx", "pytorch_libtorch": "torchscript",
-             "torchscript": "torchscript", "tflite": "tflite"}
+             "torchscript": "torchscript", "pytorch_torch_export": "torch_export", "torch_export": "torch_export",
+             "pytorch_torch_aoti": "torch_aoti", "torch_aoti": "torch_aoti", "tflite": "tflite"}
 Runner = Callable[[list[tuple[str, np.ndarray]]], object]
 #: A format's runner factory: (model file, framework threads, whether the server batches the model).
 RunnerFactory = Callable[[Path, int, bool], tuple[str, Runner]]
@@ -64,11 +69,19 @@ def onnx_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     return f"onnxruntime {ort.__version__}", check
 
 
-def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+def _torch_threads(threads: int) -> None:
+    """The worker's torch threads: ``threads`` intra-op, one inter-op (which torch lets a process set only once)."""
     import torch
 
     torch.set_num_threads(threads)
-    torch.set_num_interop_threads(1)
+    with contextlib.suppress(RuntimeError):  # set already in this process: it keeps its first value
+        torch.set_num_interop_threads(1)
+
+
+def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+    import torch
+
+    _torch_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
@@ -86,6 +99,32 @@ def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Ru
             return module(*(tensor(x) for _, x in inputs))
 
     return f"torch {torch.__version__}", run
+
+
+def torch_export_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+    import torch
+
+    _torch_threads(threads)
+    module = torch.export.load(str(path)).module()
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(x) for _, x in inputs))
+
+    return f"torch {torch.__version__}", run
+
+
+def torch_aoti_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+    import torch
+
+    _torch_threads(threads)
+    loader = torch._inductor.aoti_load_package(str(path), run_single_threaded=True).loader
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        with torch.inference_mode():
+            return loader.boxed_run([torch.from_numpy(x) for _, x in inputs])
+
+    return f"torch {torch.__version__} (AOTInductor)", run
 
 
 def tflite_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
@@ -108,7 +147,17 @@ def tflite_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]
     return f"ai-edge-litert {version('ai-edge-litert')}", run
 
 
-RUNNERS: dict[str, RunnerFactory] = {"onnx": onnx_runner, "torchscript": torchscript_runner, "tflite": tflite_runner}
+RUNNERS: dict[str, RunnerFactory] = {"onnx": onnx_runner, "torchscript": torchscript_runner,
+                                     "torch_export": torch_export_runner, "torch_aoti": torch_aoti_runner,
+                                     "tflite": tflite_runner}
+
+
+def format_of(version: Path) -> str | None:
+    """The timed format whose file a version folder holds (a ``.pt2``'s contents tell which of two)."""
+    for fmt, name in MODEL_FILES.items():
+        if (version / name).is_file() and (fmt != "torch_export" or not is_aoti_package(version / name)):
+            return fmt
+    return None
 
 
 def measure(run: Runner, x: list[tuple[str, np.ndarray]], min_time: float, min_runs: int = 5,

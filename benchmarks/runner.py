@@ -376,8 +376,7 @@ def _offline_source(cfg: RunConfig, signature: Signature) -> tuple[Path | None, 
     if not versions:
         return None, "", f"{folder} holds no version folder"
     version = folder / max(versions, key=lambda v: int(v) if v.isdigit() else -1)
-    fmt = offline_module.PLATFORMS.get(signature.platform) or next(
-        (f for f, name in offline_module.MODEL_FILES.items() if (version / name).is_file()), None)
+    fmt = offline_module.PLATFORMS.get(signature.platform) or offline_module.format_of(version)
     if fmt is None:
         return None, "", (f"its format ({signature.platform or 'platform not stated'}) is not timed offline "
                           f"(only {', '.join(offline_module.MODEL_FILES)} are)")

@@ -14,29 +14,23 @@ is higher: asking for the access log is asking for its lines.
 """
 
 import logging
-import re
 
 from gateway.logs import log_event
+from gateway.tracecontext import parse_traceparent
 
 log = logging.getLogger("tensorgate.access")
 
 #: HTTP status logged for a request whose client went away before its answer (nginx's convention).
 CLIENT_CLOSED = 499
 
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def trace_id(traceparent: str | bytes | None) -> str:
-    """The trace id of a W3C ``traceparent`` value (``00-<32 hex>-<16 hex>-<2 hex>``; a later version
-    may append fields), or "" when absent, malformed, version ``ff``, or all zeros (invalid by the spec)."""
-    if traceparent is None:
-        return ""
-    text = (traceparent.decode("latin-1") if isinstance(traceparent, bytes) else traceparent).strip().lower()
-    match = _TRACEPARENT.match(text)
-    if match is None or text.startswith("ff") or (text.startswith("00") and len(text) != 55):
-        return ""
-    trace = match.group(1)
-    return "" if trace == "0" * 32 else trace
+    """The trace id of a W3C ``traceparent`` value, or "" when it is absent or invalid (the same rules
+    tracing applies: ``gateway.tracecontext``)."""
+    parent = parse_traceparent(traceparent)
+    return "" if parent is None else parent.trace_id_hex
+
 
 def model_of_path(path: str) -> tuple[str, str]:
     """(model, version) of a ``/v2/models/{m}[/versions/{v}]...`` or ``/v2/repository/models/{m}/...``

@@ -172,9 +172,38 @@ class TensorRef:
 WireTensor = TensorRef | np.ndarray
 
 
+#: A span's context as it travels between processes: (trace id, span id, trace flags).
+SpanRef = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTrace:
+    """What a traced request's batch did (``time.monotonic_ns``, shared by every process on the
+    machine): left the queue, started and finished executing; its requests and rows; and the span
+    contexts of the traced requests in it (the frontend links the batch span to each)."""
+
+    dispatched_ns: int
+    started_ns: int
+    finished_ns: int
+    requests: int
+    rows: int
+    links: tuple[SpanRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTrace:
+    """A traced request's time in the worker: queued at ``enqueued_ns``, then its ``rows`` ran in ``batch``."""
+
+    enqueued_ns: int
+    rows: int
+    batch: BatchTrace
+
+
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """One validated request for model version ``key``; ``received_ns`` is ``time.monotonic_ns``."""
+    """One validated request for model version ``key``; ``received_ns`` is ``time.monotonic_ns``.
+    ``trace``: its server span's context when it is traced (the worker reports its queue and batch
+    back in ``Outcome.trace``)."""
 
     id: int
     key: str
@@ -184,6 +213,7 @@ class Submit:
     priority: int | None
     timeout_s: float | None
     received_ns: int
+    trace: SpanRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +253,15 @@ class StatsQuery:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One request's answer: its outputs, or the error (``kind`` names a ``TensorGateError`` class)."""
+    """One request's answer: its outputs, or the error (``kind`` names a ``TensorGateError`` class);
+    ``trace`` for a traced request that ran."""
 
     id: int
     outputs: dict[str, WireTensor] | None = None
     error_kind: str = ""
     error: str = ""
+    trace: RequestTrace | None = None
+
 
 
 @dataclass(frozen=True, slots=True)

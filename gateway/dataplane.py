@@ -23,6 +23,7 @@ from gateway.contract import (
     ModelTable,
     RepositoryReply,
     ServedModel,
+    SpanRef,
     TensorSpec,
     UnloadRequest,
     model_name_problem,
@@ -253,8 +254,9 @@ class DataPlane:
                 raise kind(reply.error)
             raise TensorGateError(reply.error)
 
-    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Validate one request and have its model's worker queue, batch and run it."""
+    async def infer(self, request: InferRequest, protocol: str, trace: SpanRef | None = None) -> InferResponse:
+        """Validate one request and have its model's worker queue, batch and run it (``trace``: the
+        context of its span, when it is traced; the response then says how it was queued and batched)."""
         started = time.monotonic_ns()
         name = version = counted_here = ""
         self.in_flight += 1
@@ -277,7 +279,8 @@ class DataPlane:
                 # A table came while the link connected, and this link fenced it: route by it, since the
                 # instance the old table named may be retiring.
             counted_here = ""  # the worker counts whatever happens next
-            answer = await link.infer(model.key, model.name, inputs, output_names, rows, priority, timeout_s, started)
+            answer = await link.infer(model.key, model.name, inputs, output_names, rows, priority, timeout_s, started,
+                                      trace)
         except TensorGateError as exc:
             elapsed = time.monotonic_ns() - started
             if counted_here:
@@ -294,7 +297,7 @@ class DataPlane:
             self.in_flight -= 1
         outputs = [InferOutput(n, datatype_of(answer.outputs[n].dtype), answer.outputs[n]) for n in output_names]
         self.metrics.observe_request(name, version, protocol, "success", (time.monotonic_ns() - started) / 1e9)
-        return InferResponse(model.name, version, outputs, request.id, release=answer.release)
+        return InferResponse(model.name, version, outputs, request.id, release=answer.release, trace=answer.trace)
 
     async def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
         """Triton-shaped statistics of one model (one or all of its versions), or of every model."""

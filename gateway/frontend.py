@@ -17,7 +17,7 @@ import gc
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -51,7 +51,11 @@ from gateway.rest.http_server import HttpServer
 from gateway.rest.infer import InferRoute
 from gateway.settings import Settings
 from gateway.tls import FrontendTls, TlsFiles
+from gateway.tracing_env import sdk_disabled
 from gateway.workers.ipc import CallFailed, ConnectionGone, Peer
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 #: Each shared-memory arena (one for requests, one for answers, per worker): address space, not memory;
 #: only the pages tensors touch are resident. A tensor that does not fit travels through the socket.
@@ -67,17 +71,18 @@ class Frontend:
         self.plane = DataPlane(self.metrics, WorkerLinks(ARENA_BYTES), settings.strict_readiness)
         self.plane.control = self._repository_call
         self.shm = SystemSharedMemory(on_change=self._shared_memory_changed)
+        self.tracing = _tracing(settings)
         access = AccessLog() if settings.access_log else None
         policy = load_policy(settings)  # the keys, read here too: they never travel on a command line
         self.rest = HttpServer(create_app(self.plane, settings.max_request_bytes, self.shm),
-                               InferRoute(self.plane, self.shm), settings.max_request_bytes, keep_alive_s=30,
-                               access_log=access, guard=RestGuard(policy, cors_from(settings)))
+                               InferRoute(self.plane, self.shm, self.tracing), settings.max_request_bytes,
+                               keep_alive_s=30, access_log=access, guard=RestGuard(policy, cors_from(settings)))
         self.health = health_server(self.plane) if settings.health_port else None
         files = TlsFiles.from_settings(settings)
         self.tls = None if files is None else FrontendTls(files)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
                                        self.shm, None if self.tls is None else self.tls.grpc.credentials, access,
-                                       [AccessInterceptor(policy)])
+                                       self.tracing, [AccessInterceptor(policy)])
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
@@ -145,6 +150,16 @@ class Frontend:
         if self.health is not None:
             closing.append(self.health.close(grace))
         await asyncio.gather(*closing)
+        if self.tracing is not None:
+            self.tracing.shutdown()  # every request has been answered: export the spans still buffered
+
+
+def _tracing(settings: Settings) -> "Tracing | None":
+    """The tracer when ``--tracing`` is on (and OTEL_SDK_DISABLED is not true); off, the SDK is never imported."""
+    if not settings.tracing or sdk_disabled(os.environ):
+        return None
+    from gateway.tracing import Tracing  # only when on: free when off
+    return Tracing()
 
 
 async def _main(control_fd: int, settings: Settings) -> None:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, Valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.access import GROUPS, REFUSED_BY_DEFAULT, check_rules, parse_rule
+from gateway.tracing_env import environment_problem
 
 MIB = 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
@@ -185,6 +186,11 @@ class Settings(BaseSettings):
     tls_client_ca: OptionalFile = Field(
         None, description="PEM CA certificate(s): mTLS, every client must present a certificate they signed")
 
+    tracing: bool = Field(
+        False, description="trace inference requests with OpenTelemetry and export the spans over OTLP, as the "
+                           "standard OTEL_* variables say (endpoint, protocol, sampler, service name: see "
+                           "docs/tracing.md)")
+
     @model_validator(mode="after")
     def _access_rules_agree(self) -> "Settings":
         check_rules(self.protect, self.open_groups)
@@ -205,6 +211,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{given} needs {missing} as well (a certificate and its private key go together)")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_variables_are_sound(self) -> "Settings":
+        problem = environment_problem(os.environ) if self.tracing else None
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -235,6 +248,7 @@ _FLAG_NAMES = {"load_models": "--load-model"}
 _REPEATED = {"load_models", "protect"}
 _METAVARS = {"load_models": "NAME", "model_name": "NAME", "model_repo": "DIR", "strict_readiness": "{true,false}",
              "tls_cert": "FILE", "tls_key": "FILE", "tls_client_ca": "FILE", "access_log": "{true,false}",
+             "tracing": "{true,false}",
              "protect": "GROUPS:HEADER[:FILE]", "api_keys_file": "PATH", "open_groups": "GROUP[,GROUP]",
              "cors_origins": "ORIGIN[,ORIGIN]", "cors_methods": "METHOD[,METHOD]", "cors_headers": "HEADER[,HEADER]"}
 

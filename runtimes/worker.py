@@ -77,6 +77,7 @@ ADAPTERS = {
     "onnx": "runtimes.onnx:OnnxRuntimeAdapter",
     "torchscript": "runtimes.torchscript:TorchScriptAdapter",
     "torch_export": "runtimes.torch_export:TorchExportAdapter",
+    "torch_aoti": "runtimes.torch_aoti:TorchAotiAdapter",
     "savedmodel": "runtimes.savedmodel:SavedModelAdapter",
     "jax": "runtimes.jax:JaxAdapter",
     "tflite": "runtimes.tflite:TFLiteAdapter",
@@ -287,7 +288,7 @@ class FrontendConnection:
         inputs = {name: self._inputs.array(t) if isinstance(t, TensorRef) else t for name, t in request.inputs.items()}
         try:
             pending = model.scheduler.enqueue(inputs, request.outputs, request.rows, request.priority,
-                                              request.timeout_s)
+                                              request.timeout_s, request.trace)
         except TensorGateError as exc:
             model.scheduler.stats.record_failure(time.monotonic_ns() - request.received_ns,
                                                  failure_reason(exc, executed=False))
@@ -298,7 +299,7 @@ class FrontendConnection:
 
     def _answered(self, request_id: int, received_ns: int, model: HostedModel,
                   future: "asyncio.Future[dict[str, np.ndarray]]") -> None:
-        self._pending.pop(request_id, None)
+        entry = self._pending.pop(request_id, None)
         if not self.peer.connected:
             return
         if future.cancelled():  # dropped from the queue: the frontend may now free its inputs
@@ -312,7 +313,8 @@ class FrontendConnection:
             self._send(Outcome(request_id, error_kind=type(exc).__name__, error=message))
             return
         model.scheduler.stats.success.add(elapsed)
-        self._send(Outcome(request_id, {name: self._wire(array) for name, array in future.result().items()}))
+        self._send(Outcome(request_id, {name: self._wire(array) for name, array in future.result().items()},
+                           trace=None if entry is None else entry[1].traced))
 
     def _wire(self, array: np.ndarray) -> WireTensor:
         ref = self._outputs.put(array)

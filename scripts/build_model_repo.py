@@ -2,9 +2,9 @@
 
 The served models are not committed (binary, regenerable); only each model's
 ``config.yaml`` is. This script trains the digits classifier once from data bundled
-with scikit-learn (no network) and exports the very same float32 weights to six
-formats: ONNX, TorchScript, torch.export, TensorFlow SavedModel, JAX (``jax.export``
-plus ``params.npz``) and LiteRT/TFLite, and once more as an int8-quantized TFLite
+with scikit-learn (no network) and exports the very same float32 weights to seven
+formats: ONNX, TorchScript, torch.export, an AOTInductor package, TensorFlow SavedModel, JAX
+(``jax.export`` plus ``params.npz``) and LiteRT/TFLite, and once more as an int8-quantized TFLite
 model. Two runs produce byte-identical files, wherever the checkout
 lies, which lets tests and CI rebuild the repository instead of trusting a blob.
 
@@ -81,6 +81,20 @@ instances: {count: 1, device: cpu}
 parameters: {intra_op_threads: 1}
 """
 
+TORCH_AOTI_CONFIG_YAML = """\
+# The digits classifier compiled ahead of time by AOTInductor (CPU), with the weights of
+# digits_onnx. The package knows its input's dtype, shape and batch range (2..64 compiled;
+# a batch of one is padded) but no names, so the config lists the tensors.
+platform: torch_aoti
+max_batch_size: 64
+inputs:
+  - {name: input, datatype: FP32, shape: [64]}
+outputs:
+  - {name: logits, datatype: FP32, shape: [10]}
+instances: {count: 1, device: cpu}
+parameters: {intra_op_threads: 1}
+"""
+
 SAVEDMODEL_CONFIG_YAML = """\
 # The digits classifier as a TensorFlow SavedModel, with the weights of digits_onnx.
 # Inputs and outputs are read from the serving_default signature.
@@ -121,6 +135,15 @@ parameters: {intra_op_threads: 1}
 
 #: torch 2.13 deprecates the torch.jit entry points; writing TorchScript is what this script is for.
 TORCHSCRIPT_DEPRECATIONS = (r"`torch\.jit\.script` is deprecated", r"`torch\.jit\.save` is deprecated")
+
+#: Where the AOTInductor compiler works (its cache, emptied before each compile, and a lock): one fixed
+#: folder, since the compiled library records its sources' paths.
+AOTI_BUILD_DIR = Path(tempfile.gettempdir()) / "tensorgate-aoti-build"
+
+#: What torch 2.13's AOTInductor compile warns about on the way: inductor touches torch.jit and
+#: pytree's deprecated LeafSpec itself; neither concerns the package it writes.
+AOTI_COMPILE_WARNINGS = ((r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+                         (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning))
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -276,18 +299,57 @@ def digits_torchscript_bytes(model: DigitsMLP) -> bytes:
     return stripped.getvalue()
 
 
+def _digits_program(model: DigitsMLP, max_batch: int | None = None, device: str = "cpu") -> Any:
+    """The MLP exported by ``torch.export`` with a dynamic batch dimension (up to ``max_batch``) on ``device``."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    module, example = _torch_module(model).to(device), torch.zeros(2, 64, device=device)
+    program = torch.export.export(module, (example,), dynamic_shapes={"input": {0: batch}})
+    for node in program.graph.nodes:  # source locations and module paths: they name this script
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "from_node"):
+            node.meta.pop(key, None)
+    return program
+
+
 def digits_torch_export_bytes(model: DigitsMLP) -> bytes:
     """The MLP as a ``torch.export`` program with a dynamic batch dimension (``.pt2``)."""
     import torch
 
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(_torch_module(model), (torch.zeros(2, 64),), dynamic_shapes={"input": {0: batch}})
-    for node in program.graph.nodes:  # source locations and module paths: they name this script
-        for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "from_node"):
-            node.meta.pop(key, None)
+    program = _digits_program(model)
     saved = io.BytesIO()
     torch.export.save(program, saved)
     return saved.getvalue()
+
+
+def export_torch_aoti(model: DigitsMLP, path: Path, device: str = "cpu") -> None:
+    """Compile the MLP with AOTInductor for ``device`` into the package ``path`` (batch up to 64).
+
+    The compiler runs in a child process (this script again, with ``--aoti-from``), whose
+    inductor cache is one fixed folder, held under a lock: the compiled library records the
+    paths of its generated sources, so only a fixed folder gives the same bytes twice. The
+    cache is emptied first: a package built from cached parts differs from a fresh one.
+    """
+    _in_child(model, Path(path), "--aoti-from", ["--aoti-device", device],
+              {"TORCHINDUCTOR_CACHE_DIR": str(AOTI_BUILD_DIR / "cache")})
+
+
+def _write_torch_aoti_here(weights: dict[str, FloatArray], path: Path, device: str) -> None:
+    """The compiling half of :func:`export_torch_aoti`, run in its own process."""
+    import fcntl
+
+    import torch
+
+    model = DigitsMLP(weights["w1"], weights["b1"], weights["w2"], weights["b2"], float("nan"))
+    AOTI_BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(AOTI_BUILD_DIR / "lock", "w") as lock, warnings.catch_warnings():
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one compile at a time in the shared cache folder
+        shutil.rmtree(AOTI_BUILD_DIR / "cache", ignore_errors=True)
+        for message, category in AOTI_COMPILE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        program = _digits_program(model, max_batch=64, device=device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
 def export_savedmodel(model: DigitsMLP, path: Path) -> None:
@@ -299,23 +361,30 @@ def export_savedmodel(model: DigitsMLP, path: Path) -> None:
     process (a test process builds this repository and regenerates the gRPC code), and it
     numbers its functions per process, so only a fresh process writes the same bytes twice.
     """
-    path = Path(path)
+    _in_child(model, Path(path), "--savedmodel-from", [], {"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _in_child(model: DigitsMLP, path: Path, flag: str, options: list[str], env: dict[str, str]) -> None:
+    """Run this script again (``flag`` WEIGHTS ``--repo`` OUT ``options``) to write ``path``, then move it there.
+
+    The child writes beside ``path`` and the result is renamed into place, so an interrupted
+    build never leaves a half-written model.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         weights = staging / "weights.npz"
         weights.write_bytes(_npz_bytes({"w1": model.w1, "b1": model.b1, "w2": model.w2, "b2": model.b2}))
-        run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--savedmodel-from", str(weights),
-                              "--repo", str(staging / "model")], capture_output=True, text=True, check=False,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        out = staging / path.name
+        run = subprocess.run([sys.executable, str(Path(__file__).resolve()), flag, str(weights), "--repo", str(out),
+                              *options], capture_output=True, text=True, check=False, env={**os.environ, **env})
         if run.returncode != 0:
-            raise RuntimeError(f"exporting the SavedModel failed:\n{run.stdout}{run.stderr}")
-        for item in (staging / "model").rglob("*"):
+            raise RuntimeError(f"writing {path} failed:\n{run.stdout}{run.stderr}")
+        for item in [out, *out.rglob("*")]:
             item.chmod(0o755 if item.is_dir() else 0o644)
-        (staging / "model").chmod(0o755)
-        if path.exists():
+        if path.is_dir():
             shutil.rmtree(path)
-        os.replace(staging / "model", path)
+        os.replace(out, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -483,6 +552,10 @@ def _write_torch_export(model: DigitsMLP, version_dir: Path) -> None:
     _write_atomic(version_dir / "model.pt2", digits_torch_export_bytes(model))
 
 
+def _write_torch_aoti(model: DigitsMLP, version_dir: Path) -> None:
+    export_torch_aoti(model, version_dir / "model.pt2")
+
+
 def _write_savedmodel(model: DigitsMLP, version_dir: Path) -> None:
     export_savedmodel(model, version_dir / "model.savedmodel")
 
@@ -506,6 +579,7 @@ EXAMPLES: dict[str, ExampleModel] = {
     "onnx": ExampleModel(DIGITS_MODEL_NAME, DIGITS_CONFIG_YAML, "model.onnx", _write_onnx),
     "torchscript": ExampleModel("digits_torchscript", TORCHSCRIPT_CONFIG_YAML, "model.pt", _write_torchscript),
     "torch_export": ExampleModel("digits_torch_export", TORCH_EXPORT_CONFIG_YAML, "model.pt2", _write_torch_export),
+    "torch_aoti": ExampleModel("digits_torch_aoti", TORCH_AOTI_CONFIG_YAML, "model.pt2", _write_torch_aoti),
     "savedmodel": ExampleModel("digits_savedmodel", SAVEDMODEL_CONFIG_YAML, "model.savedmodel", _write_savedmodel),
     "jax": ExampleModel("digits_jax", JAX_CONFIG_YAML, "model.jax", _write_jax),
     "tflite": ExampleModel("digits_tflite", TFLITE_CONFIG_YAML, "model.tflite", _write_tflite),
@@ -555,8 +629,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(EXAMPLES),
                         help="comma-separated formats to build (default: %(default)s)")
     parser.add_argument("--savedmodel-from", type=Path, help=argparse.SUPPRESS)  # export_savedmodel's child
+    parser.add_argument("--aoti-from", type=Path, help=argparse.SUPPRESS)  # export_torch_aoti's child
+    parser.add_argument("--aoti-device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--tflite-from", type=Path, help=argparse.SUPPRESS)  # digits_tflite_bytes' child
     args = parser.parse_args(argv)
+    if args.aoti_from is not None:
+        with np.load(args.aoti_from) as weights:
+            _write_torch_aoti_here({k: weights[k] for k in weights.files}, args.repo, args.aoti_device)
+        return 0
     if args.savedmodel_from is not None:
         with np.load(args.savedmodel_from) as weights:
             _write_savedmodel_here({k: weights[k] for k in weights.files}, args.repo)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import model_factory
+from tests import framework_models, model_factory
 from tests.server import LOGS, SECRETS, ServerProcess
 
 #: Under make test and CI a skip is a failure (tests/no_skips.py).
@@ -32,6 +32,14 @@ def shared_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_factory.versioned_model(repo)
     model_factory.failing_model(repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def aoti_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small AOTInductor package (compiling takes half a minute), copied by the tests that need one."""
+    path = tmp_path_factory.mktemp("aoti") / "model.pt2"
+    framework_models.compile_doubling_aoti(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Small TorchScript, torch.export, SavedModel, JAX and TFLite models built on the fly for the fault tests.
+"""Small TorchScript, torch.export, AOTInductor, SavedModel, JAX and TFLite models built on the fly for the fault
+tests.
 
 Every model is made from constants or seeded weights, with nothing downloaded. Each
 framework is imported inside the function that needs it, so importing this module is cheap.
@@ -130,6 +131,82 @@ def broken_torch_models(repo: Path) -> None:
     failing_torch_export(repo, "contradicts_torch_export")
     (repo / "contradicts_torch_export" / "config.yaml").write_text(
         _FAILING_CONFIG.format(platform="torch_export", extra="").replace("x, datatype: FP32", "x, datatype: INT32"))
+
+
+# --- AOTInductor ---------------------------------------------------------------------------------
+
+_AOTI_CONFIG = """platform: torch_aoti
+max_batch_size: {max_batch}
+inputs:
+  - {{name: x, datatype: {datatype}, shape: [{width}]}}
+outputs:
+  - {{name: y, datatype: FP32, shape: [4]}}
+{extra}"""
+
+
+def compile_doubling_aoti(path: Path) -> None:
+    """y = 2x for x of shape [batch, 4], batch 1..8 (compiled as 2..8), as an AOTInductor package for the CPU.
+
+    The one compile the AOTInductor tests pay for (half a minute on two cores); the models of
+    :func:`aoti_models` are copies of it and variations of its bytes.
+    """
+    import warnings
+
+    import torch
+
+    from tests.helpers import load_script
+
+    class Doubling(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(Doubling(), (torch.zeros(2, 4),), dynamic_shapes={"x": {0: batch}})
+    with warnings.catch_warnings():
+        for message, category in load_script("build_model_repo").AOTI_COMPILE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+def _aoti_model(repo: Path, name: str, data: bytes, max_batch: int = 8, datatype: str = "FP32", width: int = 4,
+                extra: str = "") -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.pt2").write_bytes(data)
+    _config(repo / name, _AOTI_CONFIG.format(max_batch=max_batch, datatype=datatype, width=width, extra=extra))
+
+
+def _recompiled_for(package: bytes, device: str) -> bytes:
+    """The package with its metadata saying it was compiled for ``device`` (no CUDA compiler is needed)."""
+    import io
+    import json
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(package)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("_metadata.json"):
+                data = json.dumps({**json.loads(data), "AOTI_DEVICE_KEY": device}).encode()
+            target.writestr(info, data)
+    return out.getvalue()
+
+
+def aoti_models(repo: Path, package: Path) -> None:
+    """doubling_aoti (the package as compiled) and the packages and configs that must not load."""
+    data = package.read_bytes()
+    _aoti_model(repo, "doubling_aoti", data)
+    _aoti_model(repo, "small_range_aoti", data, max_batch=16)
+    _aoti_model(repo, "contradicts_aoti", data, datatype="INT32")
+    _aoti_model(repo, "wide_aoti", data, width=5)
+    _aoti_model(repo, "two_outputs_aoti", data)
+    config = repo / "two_outputs_aoti" / "config.yaml"
+    config.write_text(config.read_text().replace("outputs:\n", "outputs:\n  - {name: z, datatype: FP32, shape: [4]}\n"))
+    _aoti_model(repo, "cuda_package_aoti", _recompiled_for(data, "cuda"))
+    _aoti_model(repo, "truncated_aoti", data[: len(data) // 2])
+    _aoti_model(repo, "garbage_aoti", b"this is not a package at all")
+    _aoti_model(repo, "gpu_aoti", data, extra=GPU)
+    failing_torch_export(repo, "export_as_aoti")
+    _config(repo / "export_as_aoti", _AOTI_CONFIG.format(max_batch=8, datatype="FP32", width=4, extra=""))
 
 
 # --- TensorFlow SavedModel (built in a child process) ---------------------------------------------

@@ -5,8 +5,9 @@ Each method translates protobuf to the common schema, calls the DataPlane, and m
 TensorGateError to its status code; nothing here knows a framework.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -21,7 +22,11 @@ from gateway.grpc.handlers import add_servicer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
 from gateway.protocol.system_shm import SystemSharedMemory
+from gateway.protocol.types import InferRequest
 from gateway.tfserving.grpc_servicer import add_tfserving_services
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from gateway.tracing import InferSpan, Tracing
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 CUDA_SHM_UNSUPPORTED = Unsupported(
@@ -35,9 +40,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TensorGateErr
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # generated, untyped
-    def __init__(self, plane: DataPlane, shm: SystemSharedMemory) -> None:
+    def __init__(self, plane: DataPlane, shm: SystemSharedMemory, tracing: "Tracing | None" = None) -> None:
         self._plane = plane
         self._shm = shm
+        self._tracing = tracing
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._plane.live())
@@ -77,6 +83,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        if self._tracing is not None:
+            return await self._traced_infer(self._tracing, "ModelInfer", request, context)
         try:
             decoded = decode_infer_request(request, self._shm)
             response = await self._plane.infer(decoded, "grpc")
@@ -93,6 +101,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answer each request of the stream in turn; an error is reported in-stream, not fatal."""
         async for request in request_iterator:
+            if self._tracing is not None:
+                try:
+                    encoded = await self._traced_infer(self._tracing, "ModelStreamInfer", request, context)
+                except TensorGateError as exc:
+                    yield pb.ModelStreamInferResponse(error_message=exc.message)
+                else:
+                    yield pb.ModelStreamInferResponse(infer_response=encoded)
+                continue
             try:
                 decoded = decode_infer_request(request, self._shm)
                 response = await self._plane.infer(decoded, "grpc")
@@ -104,6 +120,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 yield pb.ModelStreamInferResponse(error_message=exc.message)
             else:
                 yield pb.ModelStreamInferResponse(infer_response=encoded)
+
+    async def _traced_infer(self, tracing: "Tracing", method: str, request: pb.ModelInferRequest,
+                            context: Any) -> pb.ModelInferResponse:
+        """ModelInfer, or one message of a stream, in its span; ModelInfer aborts on an error, a stream
+        gets the TensorGateError back to answer in-stream."""
+        traceparent = tracestate = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "traceparent":
+                traceparent = value
+            elif key == "tracestate":
+                tracestate = value
+        span = tracing.start("grpc", method, request.model_name, request.model_version or None, traceparent,
+                             tracestate)
+        span.request_id(request.id)
+        try:
+            reply = await self._run_traced(decode_infer_request(request, self._shm), span)
+        except TensorGateError as exc:
+            span.end(grpc.StatusCode[exc.grpc_code].value[0], exc)
+            if method == "ModelInfer":
+                await _abort(context, exc)
+            raise
+        except asyncio.CancelledError:
+            span.end(grpc.StatusCode.CANCELLED.value[0], cancelled=True)
+            raise
+        except Exception as exc:
+            span.end(grpc.StatusCode.UNKNOWN.value[0], exc)
+            raise
+        span.end(grpc.StatusCode.OK.value[0])
+        return reply
+
+    async def _run_traced(self, decoded: InferRequest, span: "InferSpan") -> pb.ModelInferResponse:
+        response = await self._plane.infer(decoded, "grpc", span.ref)
+        span.ran(response)
+        try:
+            with span.encoding():
+                return encode_infer_response(response, self._shm.place_outputs(decoded, response))
+        finally:
+            response.done()
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         try:
@@ -184,15 +238,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
                        credentials: grpc.ServerCredentials | None = None,
-                       access_log: AccessLog | None = None,
+                       access_log: AccessLog | None = None, tracing: "Tracing | None" = None,
                        interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
     """A grpc.aio server with every service bound to ``address`` (not started).
 
     ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
     ``credentials``: TLS (see ``gateway.tls``), else plaintext. Every v2 and health method decodes its
     own request (INVALID_ARGUMENT when it does not parse) and writes its access line when
-    ``access_log`` is given (``gateway.grpc.handlers``); ``interceptors`` see every call first
-    (``gateway.grpc.access``).
+    ``access_log`` is given (``gateway.grpc.handlers``); ``tracing``: trace inference requests;
+    ``interceptors`` see every call first (``gateway.grpc.access``).
     """
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -200,7 +254,8 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
         # Every frontend process binds the same port; the kernel spreads connections over them.
         ("grpc.so_reuseport", 1),
     ])
-    add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm), access_log)
+    add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm, tracing),
+                 access_log)
     add_servicer(server, health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), access_log)
     add_tfserving_services(server, plane, access_log)
     if credentials is None:

@@ -7,8 +7,12 @@ the *request* (``RequestedOutput.binary``), never of the data.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gateway.contract import RequestTrace
 
 ParameterValue = bool | int | float | str
 Parameters = dict[str, ParameterValue]
@@ -85,7 +89,7 @@ class InferResponse:
     """The answer to one InferRequest, outputs in the order the client asked for them.
 
     The outputs may be views into shared memory: the transport calls ``release`` once it has
-    encoded them (and must not touch them after).
+    encoded them (and must not touch them after). ``trace``: a traced request's queue and batch.
     """
 
     model_name: str
@@ -94,6 +98,7 @@ class InferResponse:
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
     release: Callable[[], None] | None = None
+    trace: "RequestTrace | None" = None
 
     def done(self) -> None:
         """The outputs have been encoded: give their memory back."""

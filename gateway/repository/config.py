@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.protocol.datatypes import DATATYPES
 
-Platform = Literal["onnx", "torchscript", "torch_export", "savedmodel", "jax", "tflite"]
+Platform = Literal["onnx", "torchscript", "torch_export", "torch_aoti", "savedmodel", "jax", "tflite"]
 
 #: Triton's platform names, accepted as aliases so existing configs carry over.
 PLATFORM_ALIASES: dict[str, Platform] = {
@@ -27,6 +27,7 @@ FRAMEWORK_OF: dict[Platform, str] = {
     "onnx": "onnxruntime",
     "torchscript": "torch",
     "torch_export": "torch",
+    "torch_aoti": "torch",
     "savedmodel": "tensorflow",
     "jax": "jax",
     "tflite": "tflite",
@@ -38,6 +39,7 @@ METADATA_PLATFORM: dict[Platform, str] = {
     "onnx": "onnxruntime_onnx",
     "torchscript": "pytorch_libtorch",
     "torch_export": "pytorch_torch_export",
+    "torch_aoti": "pytorch_torch_aoti",
     "savedmodel": "tensorflow_savedmodel",
     "jax": "jax_export",
     "tflite": "tflite",
@@ -49,6 +51,7 @@ TRITON_BACKEND: dict[Platform, str] = {
     "onnx": "onnxruntime",
     "torchscript": "pytorch",
     "torch_export": "pytorch",
+    "torch_aoti": "pytorch",
     "savedmodel": "tensorflow",
     "jax": "jax",
     "tflite": "tflite",

@@ -25,6 +25,7 @@ from gateway.logs import log_event
 from gateway.repository.config import Platform
 from gateway.repository.layout import CONFIG_FILE
 from gateway.repository.pbtxt import CONFIG_FILE as PBTXT_FILE
+from gateway.repository.pt2 import is_aoti_package
 
 #: A model file's suffix (a SavedModel: its folder's) -> the platform that serves it. New runtimes add theirs here.
 PLATFORM_OF_SUFFIX: dict[str, Platform] = {
@@ -39,6 +40,7 @@ DEFAULT_NAME: dict[Platform, str] = {
     "onnx": "model.onnx",
     "torchscript": "model.pt",
     "torch_export": "model.pt2",
+    "torch_aoti": "model.pt2",
     "savedmodel": "model.savedmodel",
     "jax": "model.jax",
 }
@@ -129,7 +131,7 @@ def _platform(entry: Path) -> Platform | None:
     platform = PLATFORM_OF_SUFFIX.get(entry.suffix)
     if platform is None or (platform == "savedmodel") != entry.is_dir():
         return None
-    return platform
+    return "torch_aoti" if platform == "torch_export" and is_aoti_package(entry) else platform
 
 
 def _entries(folder: Path) -> list[Path]:

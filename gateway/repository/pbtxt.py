@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway.grpc.generated import model_config_pb2 as pb
 from gateway.repository.config import FRAMEWORK_OF, ConfigError, ModelConfig, Platform
+from gateway.repository.pt2 import is_aoti_package
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -29,6 +30,7 @@ PLATFORMS: dict[str, Platform] = {
     "pytorch_libtorch": "torchscript",
     "tensorflow_savedmodel": "savedmodel",
     "torch_export": "torch_export",
+    "torch_aoti": "torch_aoti",
     "jax": "jax",
     "tflite": "tflite",
     "onnx": "onnx",
@@ -283,12 +285,20 @@ def _named(value: str, table: dict[str, Platform], field: str) -> Platform:
 
 
 def _platform_from_files(folder: Path, filename: str) -> Platform | None:
-    """Triton's auto-complete: the model file in the version folders names the backend (if just one)."""
+    """Triton's auto-complete: the model file in the version folders names the backend (if just one).
+
+    A ``.pt2`` is either a torch.export program or an AOTInductor package: its contents tell.
+    """
     names = [filename] if filename else [f"model{suffix}" for suffix in _SUFFIX_PLATFORMS]
     versions = [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit()]
-    found = {_SUFFIX_PLATFORMS[Path(name).suffix] for name in names if Path(name).suffix in _SUFFIX_PLATFORMS
-             and any((version / name).exists() for version in versions)}
+    found = {_file_platform(version / name) for name in names if Path(name).suffix in _SUFFIX_PLATFORMS
+             for version in versions if (version / name).exists()}
     return found.pop() if len(found) == 1 else None
+
+
+def _file_platform(path: Path) -> Platform:
+    platform = _SUFFIX_PLATFORMS[path.suffix]
+    return "torch_aoti" if platform == "torch_export" and is_aoti_package(path) else platform
 
 
 def _max_batch_size(value: int) -> int:

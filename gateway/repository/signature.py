@@ -2,7 +2,9 @@
 
 Formats that carry a signature (ONNX, SavedModel, JAX export) report it when loaded; the
 config may then omit inputs and outputs. Where both exist they must agree, so a config
-that contradicts the model fails at load time rather than on the first request.
+that contradicts the model fails at load time rather than on the first request. A format
+that knows its inputs but not its outputs (AOTInductor) reports no outputs; the config's
+are then served as they are.
 """
 
 from gateway.contract import Signature, TensorSpec
@@ -24,11 +26,13 @@ def resolve_signature(config: ModelConfig, model: Signature | None, source: str)
                                     "the config must list inputs and outputs")
         return Signature(_specs(config.inputs), _specs(config.outputs))
     served_inputs = _strip_batch(model.inputs, config.max_batch_size, source)
+    inputs = _reconcile(config.inputs, served_inputs, "input", source)
+    if not model.outputs:
+        if config.outputs is None:
+            raise SignatureMismatch(f"{source}: this format does not describe its outputs; the config must list them")
+        return Signature(inputs, _specs(config.outputs))
     served_outputs = _strip_batch(model.outputs, config.max_batch_size, source)
-    return Signature(
-        _reconcile(config.inputs, served_inputs, "input", source),
-        _reconcile(config.outputs, served_outputs, "output", source),
-    )
+    return Signature(inputs, _reconcile(config.outputs, served_outputs, "output", source))
 
 
 def _specs(tensors: list[TensorConfig]) -> tuple[TensorSpec, ...]:

@@ -93,7 +93,7 @@ def create_app(plane: DataPlane, max_request_bytes: int, shm: SystemSharedMemory
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         """The documented twin of the REST port's fast inference path (gateway.rest.infer)."""
         body = await read_body(request, max_request_bytes)
-        reply = await route(model_name, model_version, body, request.headers.get(HEADER_LENGTH))
+        reply = await route(model_name, model_version, body, request.headers.get(HEADER_LENGTH), request.headers.raw)
         headers = {} if reply.header_length is None else {"Inference-Header-Content-Length": str(reply.header_length)}
         return Response(bytes(reply.body), reply.status, headers, reply.content_type.decode())
 

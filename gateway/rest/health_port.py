@@ -40,7 +40,8 @@ def health_server(plane: DataPlane) -> HttpServer:
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
-    async def no_inference(model: str, version: str | None, body: bytes, header_length: str | None) -> Reply:
+    async def no_inference(model: str, version: str | None, body: bytes, header_length: str | None,
+                           headers: list[tuple[bytes, bytes]]) -> Reply:
         raise NotFound("the health port serves /v2/health/live and /v2/health/ready only; infer on the REST port")
 
     return HttpServer(app, no_inference, _MAX_REQUEST_BYTES, keep_alive_s=30)

@@ -71,14 +71,15 @@ class Reply:
 
 
 class InferHandler(Protocol):
-    """The fast path: the (decompressed) body of ``POST .../infer`` in, a ``Reply`` out.
+    """The fast path: the (decompressed) body of ``POST .../infer`` in, a ``Reply`` out; ``headers`` are
+    the request's, as sent (for what only some requests read, such as ``traceparent``).
 
     It may raise ``TensorGateError`` (answered ``{"error": message}`` with its status); it is
     cancelled when the client disconnects.
     """
 
     async def __call__(self, model: str, version: str | None, body: bytes,
-                       header_length: str | None) -> Reply: ...
+                       header_length: str | None, headers: list[tuple[bytes, bytes]]) -> Reply: ...
 
 
 class RequestGuard(Protocol):
@@ -601,7 +602,8 @@ class _Connection(asyncio.Protocol):
                                       self.server.max_request_bytes)
             header_length = request.header_length
             reply = await self.server.infer(request.model, request.version, body,
-                                            None if header_length is None else header_length.decode("latin-1"))
+                                            None if header_length is None else header_length.decode("latin-1"),
+                                            request.headers)
         except TensorGateError as exc:
             reply = _error_reply(exc.http_status, exc.message)
         except asyncio.CancelledError:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.contract import SchedulerOptions
+from gateway.contract import BatchTrace, RequestTrace, SchedulerOptions, SpanRef
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, TensorGateError, Unavailable
 from gateway.scheduling.stats import ModelStats
 from gateway.scheduling.window import BatchWindow
@@ -59,7 +59,8 @@ _QUEUED, _RUNNING, _GONE = 0, 1, 2
 
 @dataclass(eq=False, slots=True)
 class Pending:
-    """A queued request; ``future`` resolves to its own outputs."""
+    """A queued request; ``future`` resolves to its own outputs. A traced request (``trace``: its span's
+    context) gets ``traced`` once its batch has run."""
 
     inputs: dict[str, np.ndarray]
     outputs: list[str]
@@ -70,6 +71,8 @@ class Pending:
     future: asyncio.Future[Outputs]
     state: int = _QUEUED
     timer: asyncio.TimerHandle | None = field(default=None)
+    trace: SpanRef | None = None
+    traced: RequestTrace | None = None
 
 
 class Scheduler:
@@ -95,9 +98,10 @@ class Scheduler:
         self._batches: set[asyncio.Task[None]] = set()
 
     async def submit(self, inputs: Inputs, outputs: list[str], rows: int,
-                     priority: int | None = None, timeout_s: float | None = None) -> Outputs:
+                     priority: int | None = None, timeout_s: float | None = None,
+                     trace: SpanRef | None = None) -> Outputs:
         """Queue one request and wait for its own outputs (cancelling the wait cancels the request)."""
-        pending = self.enqueue(inputs, outputs, rows, priority, timeout_s)
+        pending = self.enqueue(inputs, outputs, rows, priority, timeout_s, trace)
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -105,7 +109,8 @@ class Scheduler:
             raise
 
     def enqueue(self, inputs: Inputs, outputs: list[str], rows: int,
-                priority: int | None = None, timeout_s: float | None = None) -> Pending:
+                priority: int | None = None, timeout_s: float | None = None,
+                trace: SpanRef | None = None) -> Pending:
         """Queue one request; its ``future`` resolves to its outputs. Raises at once if refused."""
         level = priority or self._default_priority
         if not 1 <= level <= self._levels:
@@ -114,7 +119,7 @@ class Scheduler:
             raise Unavailable(f"model {self.label}: the queue is full ({self.max_queue_size} requests); retry later")
         loop = asyncio.get_running_loop()
         pending = Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
-                           time.monotonic_ns(), loop.create_future())
+                           time.monotonic_ns(), loop.create_future(), trace=trace)
         self._queues[level - 1].append(pending)
         self.queued_requests += 1
         self._queued_rows += rows
@@ -225,6 +230,8 @@ class Scheduler:
             self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
         try:
             result = await self._execute([p.inputs for p in batch], _union(batch))
+            if any(p.trace is not None for p in batch):
+                _trace(batch, rows, dispatched_ns, result)
             self._deliver(batch, rows, result.outputs)
             done_ns = time.monotonic_ns()
             self.stats.record_batch(rows, len(batch), result.started_ns - dispatched_ns,
@@ -254,6 +261,15 @@ class Scheduler:
                     pending.future.set_result(
                         {name: outputs[name][offset : offset + pending.rows] for name in pending.outputs})
             offset += pending.rows
+
+
+def _trace(batch: list[Pending], rows: int, dispatched_ns: int, result: ExecuteResult) -> None:
+    """Tell each traced request of the batch what the batch did, and which traced requests shared it."""
+    links = tuple(p.trace for p in batch if p.trace is not None)
+    shared = BatchTrace(dispatched_ns, result.started_ns, result.finished_ns, len(batch), rows, links)
+    for pending in batch:
+        if pending.trace is not None:
+            pending.traced = RequestTrace(pending.enqueued_ns, pending.rows, shared)
 
 
 def _shape_key(inputs: Inputs, max_batch_size: int) -> tuple[tuple[int, ...], ...]:

@@ -21,7 +21,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.contract import Cancel, Failed, Fence, Outcome, Release, Results, StatsQuery, Submit, TensorRef, WireTensor
+from gateway.contract import (
+    Cancel,
+    Failed,
+    Fence,
+    Outcome,
+    Release,
+    RequestTrace,
+    Results,
+    SpanRef,
+    StatsQuery,
+    Submit,
+    TensorRef,
+    WireTensor,
+)
 from gateway.protocol import errors
 from gateway.protocol.errors import TensorGateError, Unavailable
 from gateway.workers.arena import Arena
@@ -49,10 +62,12 @@ class _Call:
 
 @dataclass(slots=True)
 class Answer:
-    """A request's outputs, as views into the worker's arena until ``release`` is called."""
+    """A request's outputs, as views into the worker's arena until ``release`` is called; a traced
+    request's queue and batch."""
 
     outputs: dict[str, np.ndarray]
     release: Callable[[], None]
+    trace: RequestTrace | None = None
 
 
 class WorkerLink:
@@ -89,8 +104,9 @@ class WorkerLink:
         _, self._peer = await loop.create_unix_connection(lambda: Peer(self._on_message, self._lost), sock=sock)
 
     async def infer(self, key: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], rows: int,
-                    priority: int | None, timeout_s: float | None, received_ns: int) -> Answer:
-        """Queue one request in the worker and wait for its answer."""
+                    priority: int | None, timeout_s: float | None, received_ns: int,
+                    trace: SpanRef | None = None) -> Answer:
+        """Queue one request in the worker and wait for its answer (``trace``: its span, when traced)."""
         if not self.connected:
             raise self._gone(model)
         assert self._peer is not None and self._inputs is not None
@@ -106,7 +122,7 @@ class WorkerLink:
         request_id = next(self._ids)
         self._calls[request_id] = call
         self._flush_releases()  # frees ride along with the request: one write, one wake-up of the worker
-        self._peer.notify(Submit(request_id, key, wire, outputs, rows, priority, timeout_s, received_ns))
+        self._peer.notify(Submit(request_id, key, wire, outputs, rows, priority, timeout_s, received_ns, trace))
         try:
             outcome = await call.future
         except asyncio.CancelledError:
@@ -154,7 +170,7 @@ class WorkerLink:
                 blocks.append(tensor.offset)
             else:
                 arrays[name] = tensor
-        return Answer(arrays, lambda: self._release(blocks))
+        return Answer(arrays, lambda: self._release(blocks), outcome.trace)
 
     def _release(self, blocks: list[int]) -> None:
         if not blocks or not self.connected:

@@ -1,7 +1,7 @@
-"""The example repository's digits models (ONNX, TorchScript, torch.export, SavedModel, JAX, TFLite,
-and TFLite quantized to int8) end to end: scikit-learn's whole digits test split through each of
-them over REST JSON, REST binary and gRPC raw. They hold the same weights, so they must give the
-same answers: the float formats within 1e-4, the int8 model within its quantization's error.
+"""The example repository's digits models (ONNX, TorchScript, torch.export, AOTInductor, SavedModel,
+JAX, TFLite, and TFLite quantized to int8) end to end: scikit-learn's whole digits test split through
+each of them over REST JSON, REST binary and gRPC raw. They hold the same weights, so they must give
+the same answers: the float formats within 1e-4, the int8 model within its quantization's error.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers import load_script
 from tests.server import ServerProcess
 
-FLOAT_MODELS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax",
-                "digits_tflite"]
+FLOAT_MODELS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+                "digits_jax", "digits_tflite"]
 INT8_MODEL = "digits_tflite_int8"
 MODELS = [*FLOAT_MODELS, INT8_MODEL]
 
@@ -120,8 +120,8 @@ def test_every_format_publishes_the_same_signature(server: ServerProcess) -> Non
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], metadata
         assert metadata["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}], metadata
         platforms.add(metadata["platform"])
-    assert platforms == {"onnxruntime_onnx", "pytorch_libtorch", "pytorch_torch_export", "tensorflow_savedmodel",
-                         "jax_export", "tflite"}
+    assert platforms == {"onnxruntime_onnx", "pytorch_libtorch", "pytorch_torch_export", "pytorch_torch_aoti",
+                         "tensorflow_savedmodel", "jax_export", "tflite"}
 
 
 def test_jax_never_compiles_after_warm_up(server: ServerProcess) -> None:

@@ -1,7 +1,7 @@
-"""Faults of the TorchScript, torch.export, TensorFlow and JAX runtimes, on one server of their own:
-models that fail to load (missing, corrupt, contradicting their config, asking for a GPU that
-is not there), models that raise while executing, JAX compilations while serving, and each
-framework's worker killed with requests in flight.
+"""Faults of the TorchScript, torch.export, AOTInductor, TensorFlow and JAX runtimes, on one server of
+their own: models that fail to load (missing, corrupt, contradicting their config, asking for a GPU that
+is not there, compiled for another device or batch range), models that raise while executing, JAX
+compilations while serving, and each framework's worker killed with requests in flight.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def framework_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def framework_server(tmp_path_factory: pytest.TempPathFactory, aoti_package: Path) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("framework_faults") / "repo"
     repo.mkdir()
     fm.tensorflow_models(repo)
@@ -42,6 +42,7 @@ def framework_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     fm.broken_torch_models(repo)
     fm.broken_jax_models(repo)
     fm.gpu_models(repo)
+    fm.aoti_models(repo, aoti_package)
     server = ServerProcess(repo)
     server.start(timeout=120)
     yield server
@@ -72,6 +73,14 @@ BROKEN = {
     "corrupt_jax": ["corrupt_jax/1/model.jax", "not a jax.export serialization"],
     "contradicts_jax": ["contradicts_jax/1", "'x'", "FP32", "INT32"],
     "no_params_jax": ["no_params_jax/1/params.npz", "not found"],
+    "small_range_aoti": ["small_range_aoti/1/model.pt2", "compiled for batch 2..8 but max_batch_size is 16"],
+    "contradicts_aoti": ["contradicts_aoti/1", "'x'", "FP32", "INT32"],
+    "wide_aoti": ["wide_aoti/1", "'x'", "shape [4] in the model but [5] in the config"],
+    "two_outputs_aoti": ["two_outputs_aoti/1/model.pt2", "returns 1 output(s), but the config lists 2"],
+    "cuda_package_aoti": ["cuda_package_aoti/1/model.pt2", "compiled for cuda, but the instance runs on cpu"],
+    "truncated_aoti": ["truncated_aoti/1/model.pt2", "not a usable AOTInductor package"],
+    "garbage_aoti": ["garbage_aoti/1/model.pt2", "not a usable AOTInductor package", "not a zip file"],
+    "export_as_aoti": ["export_as_aoti/1/model.pt2", "not an AOTInductor package", "platform torch_export"],
 }
 
 
@@ -84,7 +93,7 @@ def test_broken_models_are_reported_by_file_and_the_others_serve(framework_serve
             assert fragment in index[name]["reason"], (name, index[name]["reason"])
         ready = httpx.get(f"{url}/v2/models/{name}/ready")
         assert ready.status_code == 503 and fragments[0] in ready.json()["reason"]
-    for model in ("failing_torchscript", "failing_torch_export", "failing_savedmodel", "doubling_jax"):
+    for model in ("failing_torchscript", "failing_torch_export", "failing_savedmodel", "doubling_jax", "doubling_aoti"):
         r = _infer(framework_server, model, [_x([1, 2, 3, 4])])
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [2, 4, 6, 8]
@@ -93,11 +102,29 @@ def test_broken_models_are_reported_by_file_and_the_others_serve(framework_serve
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason=MACHINE_SKIP)
 def test_a_missing_gpu_is_a_clear_load_error(framework_server: ServerProcess) -> None:
     index = {m["name"]: m for m in httpx.get(f"{framework_server.http_url}/v2/models").json()["models"]}
-    for framework, name in (("torch", "gpu_torchscript"), ("torch", "gpu_torch_export"),
+    for framework, name in (("torch", "gpu_torchscript"), ("torch", "gpu_torch_export"), ("torch", "gpu_aoti"),
                             ("TensorFlow", "gpu_savedmodel"), ("jax", "gpu_jax")):
         assert index[name]["state"] == "UNAVAILABLE"
         assert "device cuda:0 requested" in index[name]["reason"], index[name]
         assert framework in index[name]["reason"], index[name]
+
+
+def test_aoti_serves_every_batch_size_in_its_range_and_refuses_what_does_not_fit(
+        framework_server: ServerProcess) -> None:
+    """doubling_aoti was compiled for batch 2..8: a batch of one is padded to two and cut back, and
+    batches up to max_batch_size run as they are. A wrong shape or dtype is the gateway's 400."""
+    for rows in (1, 2, 8):
+        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+        r = _infer(framework_server, "doubling_aoti", [{"name": "x", "shape": [rows, 4], "datatype": "FP32",
+                                                        "data": x.ravel().tolist()}])
+        assert r.status_code == 200, r.text
+        output = r.json()["outputs"][0]
+        assert output["shape"] == [rows, 4] and output["data"] == (2 * x).ravel().tolist()
+    for tensor, fragment in (({"shape": [1, 5], "datatype": "FP32", "data": [0.0] * 5}, "shape [1, 5]"),
+                             ({"shape": [1, 4], "datatype": "INT32", "data": [0] * 4}, "datatype INT32"),
+                             ({"shape": [9, 4], "datatype": "FP32", "data": [0.0] * 36}, "9")):
+        r = _infer(framework_server, "doubling_aoti", [{"name": "x", **tensor}])
+        assert r.status_code == 400 and "input 'x'" in r.json()["error"] and fragment in r.json()["error"], r.text
 
 
 @pytest.mark.parametrize(("model", "message"), [

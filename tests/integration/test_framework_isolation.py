@@ -14,8 +14,8 @@ from tests.server import ServerProcess
 pytestmark = pytest.mark.slow
 
 FRAMEWORK_MODULES = ("onnxruntime", "torch", "tensorflow", "jax", "jaxlib", "onnx", "ai_edge_litert")
-DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax",
-          "digits_tflite", "digits_tflite_int8"]
+DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+          "digits_jax", "digits_tflite", "digits_tflite_int8"]
 
 
 def test_gateway_process_imports_no_framework_with_every_platform(shared_repo: Path) -> None:

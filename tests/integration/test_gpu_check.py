@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"digits_onnx": "onnx", "digits_torchscript": "torchscript", "digits_torch_export": "torch_export",
-          "digits_savedmodel": "savedmodel", "digits_jax": "jax", "digits_tflite": "tflite",
-          "digits_tflite_int8": "tflite"}
+          "digits_torch_aoti": "torch_aoti", "digits_savedmodel": "savedmodel", "digits_jax": "jax",
+          "digits_tflite": "tflite", "digits_tflite_int8": "tflite"}
 
 
 def test_gpu_check_runs_every_example_model_on_the_cpu(shared_repo: Path) -> None:

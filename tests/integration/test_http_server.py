@@ -40,7 +40,8 @@ class FakeInfer:
         self.cancelled = asyncio.Event()
         self.calls: list[tuple[str, str | None]] = []
 
-    async def __call__(self, model: str, version: str | None, body: bytes, header_length: str | None) -> Reply:
+    async def __call__(self, model: str, version: str | None, body: bytes, header_length: str | None,
+                       headers: list[tuple[bytes, bytes]]) -> Reply:
         self.calls.append((model, version))
         if model == "error":
             raise NotFound("unknown model 'error'")

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import ServerProcess
 
-FRAMEWORKS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax"]
+FRAMEWORKS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+              "digits_jax"]
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def _serve(repo: Path, *args: str) -> Iterator[ServerProcess]:
     code = process.stop()
     log = process.log()
     assert code == 0, f"server exited with {code}:\n{log}"
-    assert "Traceback" not in log and "level=ERROR" not in log, log
+    assert "Traceback" not in log and "level=error" not in log, log
 
 
 @pytest.fixture(scope="module")

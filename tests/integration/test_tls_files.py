@@ -136,7 +136,7 @@ def test_an_expired_certificate_is_served_with_a_warning(ca: Authority, empty_re
         assert server.stop() == 0
     not_after = x509.load_pem_x509_certificate(expired.pem()).not_valid_after_utc.isoformat()
     warning = [line for line in server.log().splitlines() if "event=tls_certificate_expired" in line]
-    assert len(warning) == 1 and "level=WARNING" in warning[0] and f"not_after={not_after}" in warning[0], \
+    assert len(warning) == 1 and "level=warning" in warning[0] and f"not_after={not_after}" in warning[0], \
         server.log()
 
 
@@ -241,7 +241,7 @@ def test_rotation_keeps_connections_and_serves_the_new_certificate(tmp_path: Pat
     assert "Traceback" not in log, log
     failed = [line for line in log.splitlines() if "event=tls_reload_failed" in line]
     assert len(failed) == RELOADING, failed  # once per process, not at every poll that saw the same files
-    assert all("level=WARNING" in line and f"--tls-key {volume.key}: does not match" in line for line in failed), failed
+    assert all("level=warning" in line and f"--tls-key {volume.key}: does not match" in line for line in failed), failed
     reloaded = [line for line in log.splitlines() if "event=tls_reloaded" in line]
     assert len(reloaded) == 2 * RELOADING and all('subject="CN=server-' in line for line in reloaded), reloaded
     for key in (old_server, new_server, third):  # no key material in the log

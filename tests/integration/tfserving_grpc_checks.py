@@ -32,7 +32,8 @@ from tensorflow_serving.apis import (
 
 Stubs = tuple[prediction_service_pb2_grpc.PredictionServiceStub, model_service_pb2_grpc.ModelServiceStub]
 SUITES: dict[str, dict[str, Callable[[Stubs], None]]] = {"shared": {}, "layout": {}}
-DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_savedmodel", "digits_jax"]
+DIGITS = ["digits_onnx", "digits_torchscript", "digits_torch_export", "digits_torch_aoti", "digits_savedmodel",
+          "digits_jax"]
 
 
 def check(suite: str) -> Callable[[Callable[[Stubs], None]], Callable[[Stubs], None]]:

@@ -14,6 +14,10 @@ import yaml
 
 from tests.helpers import load_script
 
+#: Two whole builds at once take minutes on two busy cores: each compiles an AOTInductor package
+#: (~25 s of CPU), and the two compiles take turns (see export_torch_aoti).
+pytestmark = pytest.mark.timeout(600)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "build_model_repo.py"
 
@@ -54,9 +58,10 @@ def _files(repo: Path) -> dict[str, bytes]:
 
 def test_build_writes_the_repository_layout(built_repo: Path) -> None:
     for name, artefact in [("digits_onnx", "model.onnx"), ("digits_torchscript", "model.pt"),
-                           ("digits_torch_export", "model.pt2"), ("digits_savedmodel", "model.savedmodel"),
-                           ("digits_jax", "model.jax"), ("digits_jax", "params.npz"),
-                           ("digits_tflite", "model.tflite"), ("digits_tflite_int8", "model.tflite")]:
+                           ("digits_torch_export", "model.pt2"), ("digits_torch_aoti", "model.pt2"),
+                           ("digits_savedmodel", "model.savedmodel"), ("digits_jax", "model.jax"),
+                           ("digits_jax", "params.npz"), ("digits_tflite", "model.tflite"),
+                           ("digits_tflite_int8", "model.tflite")]:
         assert (built_repo / name / "config.yaml").is_file()
         assert (built_repo / name / "1" / artefact).exists(), (name, artefact)
     assert (built_repo / "digits_savedmodel" / "1" / "model.savedmodel" / "saved_model.pb").is_file()

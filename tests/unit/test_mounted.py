@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,14 @@ def test_a_model_file_of_any_name_is_version_one_under_its_adapters_name(mount: 
     [entry] = scan_repository(repo)
     assert entry.name == "digits" and entry.versions == (1,) and entry.config is not None
     assert entry.config.platform == "onnx" and entry.error is None
+
+
+def test_a_pt2_is_an_aoti_package_or_a_torch_export_program(mount: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(mount / "digits.pt2", "w") as archive:
+        archive.writestr("digits/data/aotinductor/model/abc.wrapper.so", b"")
+    repo = stage(mount, "digits", tmp_path / "staged")
+    assert "platform: torch_aoti" in (repo / "digits" / "config.yaml").read_text()
+    assert (repo / "digits" / "1" / "model.pt2").readlink().name == "digits.pt2"
 
 
 def test_a_savedmodels_own_files_are_version_one(mount: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 defaults, and every refusal naming the file and the field."""
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,7 @@ def test_an_empty_dynamic_batching_block_means_our_defaults_and_a_bounded_queue(
     ('platform: "tensorflow_savedmodel" backend: "tensorflow"', "savedmodel"),
     ('platform: "torch_export"', "torch_export"),
     ('platform: "torch_export" backend: "pytorch"', "torch_export"),
+    ('platform: "torch_aoti" backend: "pytorch"', "torch_aoti"),
     ('platform: "jax"', "jax"),
     ('platform: "tflite"', "tflite"),
     ('backend: "tflite"', "tflite"),
@@ -145,6 +147,20 @@ def test_without_platform_or_backend_the_model_file_decides(tmp_path: Path, file
     path = _write(tmp_path, "max_batch_size: 0\n", versions=("1",))
     (path.parent / "1" / file).touch()
     assert load_pbtxt(path, "m").platform == platform
+
+
+def test_without_platform_a_pt2_file_is_an_aoti_package_or_a_torch_export_program(tmp_path: Path) -> None:
+    """Both formats are zips named model.pt2; an AOTInductor package holds <archive>/data/aotinductor/."""
+    path = _write(tmp_path, "max_batch_size: 0\n", versions=("1", "2"))
+    for version, member in (("1", "model/data/aotinductor/model/abc.wrapper.so"), ("2", "model/models/model.json")):
+        with zipfile.ZipFile(path.parent / version / "model.pt2", "w") as archive:
+            archive.writestr(member, b"")
+    with pytest.raises(ConfigError, match="do not tell"):  # one version of each: Triton's rule, one platform only
+        load_pbtxt(path, "m")
+    (path.parent / "2" / "model.pt2").unlink()
+    assert load_pbtxt(path, "m").platform == "torch_aoti"
+    (path.parent / "1" / "model.pt2").write_bytes(b"PK\x03\x04 truncated")  # unreadable: the runtime reports it
+    assert load_pbtxt(path, "m").platform == "torch_export"
 
 
 def test_without_platform_the_default_model_filename_decides(tmp_path: Path) -> None:

@@ -208,3 +208,27 @@ def test_wrong_number_of_output_rows_fails_the_whole_batch() -> None:
         with pytest.raises(InferenceFailed, match="for a batch of 2"):
             await scheduler.submit(rows(0, n=2), ["y"], 2)
     run(scenario)
+
+
+def test_traced_requests_learn_their_batch_and_who_shared_it() -> None:
+    """Each traced request of a batch gets its queue and batch times and every traced request's context;
+    an untraced one gets nothing, and is not among the links."""
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        blocker = asyncio.create_task(scheduler.submit(rows(0), ["y"], 1, trace=(1, 10, 1)))
+        await model.started.wait()
+        traced = [scheduler.enqueue(rows(i, n=i), ["y"], i, trace=(i, 100 + i, 1)) for i in (1, 2)]
+        untraced = scheduler.enqueue(rows(3), ["y"], 1)
+        model.release.set()
+        await blocker
+        await asyncio.gather(*(p.future for p in [*traced, untraced]))
+        assert untraced.traced is None
+        first, second = (p.traced for p in traced)
+        assert first is not None and second is not None
+        assert first.batch is second.batch
+        assert first.batch.links == ((1, 101, 1), (2, 102, 1))
+        assert (first.batch.requests, first.batch.rows, first.rows, second.rows) == (3, 4, 1, 2)
+        assert first.enqueued_ns <= second.enqueued_ns <= first.batch.dispatched_ns
+        assert first.batch.dispatched_ns <= first.batch.started_ns <= first.batch.finished_ns
+    run(scenario)
