@@ -54,3 +54,18 @@ def run_client_script(script: Path, *args: str, timeout: float = 180, python: st
                          timeout=timeout, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def assert_broken_models_reported(url: str, broken: dict[str, list[str]]) -> dict[str, Any]:
+    """Each of ``broken`` (model -> fragments its reason must hold, the first naming the file) is
+    UNAVAILABLE in the index and not ready, with the fragments in both answers; returns the index by name."""
+    import httpx
+
+    index = {m["name"]: m for m in httpx.get(f"{url}/v2/models").json()["models"]}
+    for name, fragments in broken.items():
+        assert index[name]["state"] == "UNAVAILABLE", index[name]
+        for fragment in fragments:
+            assert fragment in index[name]["reason"], (name, index[name]["reason"])
+        ready = httpx.get(f"{url}/v2/models/{name}/ready")
+        assert ready.status_code == 503 and fragments[0] in ready.json()["reason"]
+    return index

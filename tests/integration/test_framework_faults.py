@@ -22,7 +22,7 @@ import pytest
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests import framework_models as fm
-from tests.helpers import MACHINE_SKIP
+from tests.helpers import MACHINE_SKIP, assert_broken_models_reported
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -85,14 +85,7 @@ BROKEN = {
 
 
 def test_broken_models_are_reported_by_file_and_the_others_serve(framework_server: ServerProcess) -> None:
-    url = framework_server.http_url
-    index = {m["name"]: m for m in httpx.get(f"{url}/v2/models").json()["models"]}
-    for name, fragments in BROKEN.items():
-        assert index[name]["state"] == "UNAVAILABLE", index[name]
-        for fragment in fragments:
-            assert fragment in index[name]["reason"], (name, index[name]["reason"])
-        ready = httpx.get(f"{url}/v2/models/{name}/ready")
-        assert ready.status_code == 503 and fragments[0] in ready.json()["reason"]
+    assert_broken_models_reported(framework_server.http_url, BROKEN)
     for model in ("failing_torchscript", "failing_torch_export", "failing_savedmodel", "doubling_jax", "doubling_aoti"):
         r = _infer(framework_server, model, [_x([1, 2, 3, 4])])
         assert r.status_code == 200, r.text

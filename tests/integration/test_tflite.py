@@ -22,6 +22,7 @@ from ai_edge_litert.interpreter import Interpreter
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests import framework_models as fm
+from tests.helpers import assert_broken_models_reported
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -71,14 +72,7 @@ BROKEN = {
 
 
 def test_broken_models_are_reported_by_file_and_the_others_serve(tflite_server: ServerProcess) -> None:
-    url = tflite_server.http_url
-    index = {m["name"]: m for m in httpx.get(f"{url}/v2/models").json()["models"]}
-    for name, fragments in BROKEN.items():
-        assert index[name]["state"] == "UNAVAILABLE", index[name]
-        for fragment in fragments:
-            assert fragment in index[name]["reason"], (name, index[name]["reason"])
-        ready = httpx.get(f"{url}/v2/models/{name}/ready")
-        assert ready.status_code == 503 and fragments[0] in ready.json()["reason"]
+    index = assert_broken_models_reported(tflite_server.http_url, BROKEN)
     for model in ("doubling_tflite", "fixed_batch_tflite", "int8_tflite", "raw_int8_tflite"):
         assert index[model]["state"] == "READY", index[model]
 
