@@ -37,7 +37,7 @@ from typing import Any
 
 import uvicorn
 
-from gateway.access import AccessPolicy
+from gateway.access import AccessPolicy, load_policy
 from gateway.contract import IndexRequest, LoadRequest, ModelTable, RepositoryReply, ServedModel, UnloadRequest
 from gateway.frontends import FrontendPool, FrontendStartFailed
 from gateway.lifecycle import ModelLifecycle
@@ -210,12 +210,15 @@ def check_port_free(host: str, port: int, what: str) -> None:
             raise
 
 
-async def serve(settings: Settings, policy: AccessPolicy) -> int:
+async def serve(settings: Settings, policy: AccessPolicy | None = None) -> int:
     """Run the server until SIGINT/SIGTERM, then drain (see the module docstring) and stop.
 
-    ``policy`` guards the metrics port (the frontends read the same from ``settings`` themselves).
+    ``policy`` guards the metrics port (the frontends read the same from ``settings`` themselves); None:
+    read from ``settings`` here (the command line reads it first, to refuse a bad keys file in one line).
     """
     started = time.perf_counter()
+    if policy is None:
+        policy = load_policy(settings)
     tls_files = TlsFiles.from_settings(settings)
     try:
         tls = None if tls_files is None else load(tls_files)  # before any child starts: one clear refusal
