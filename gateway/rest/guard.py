@@ -16,7 +16,7 @@ import orjson
 
 from gateway.access import AccessPolicy, Gate, Refusal, parse_rule, rest_group
 from gateway.rest.cors import Cors
-from gateway.rest.http_server import ASGIApp, Receive, Reply, Scope, Send
+from gateway.rest.http_server import ASGIApp, Receive, Reply, Scope, Send, header_value
 from gateway.settings import Settings
 
 _JSON = b"application/json"
@@ -30,10 +30,6 @@ def _values(headers: Headers, name: bytes) -> list[bytes]:
     size = len(name)
     return [value for key, value in headers if len(key) == size and key.lower() == name]
 
-
-def _first(headers: Headers, name: bytes) -> bytes | None:
-    values = _values(headers, name)
-    return values[0] if values else None
 
 
 def _refusal_reply(refusal: Refusal) -> tuple[Reply, bytes]:
@@ -61,9 +57,9 @@ class RestGuard:
         extra = b""
         cors = self.cors
         if cors is not None:
-            origin = _first(headers, b"origin")
+            origin = header_value(headers, b"origin")
             if origin is not None:
-                asked = _first(headers, b"access-control-request-method") if method == b"OPTIONS" else None
+                asked = header_value(headers, b"access-control-request-method") if method == b"OPTIONS" else None
                 if asked is not None:
                     allowed, why = cors.preflight(origin, asked, b",".join(
                         _values(headers, b"access-control-request-headers")))

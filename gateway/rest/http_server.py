@@ -31,7 +31,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -46,7 +46,7 @@ from gateway.logs import log_event
 from gateway.protocol.errors import TensorGateError
 from gateway.rest.body import decode_content
 
-__all__ = ["ASGIApp", "HttpServer", "InferHandler", "Reply", "RequestGuard"]
+__all__ = ["ASGIApp", "HttpServer", "InferHandler", "Reply", "RequestGuard", "header_value"]
 
 log = logging.getLogger("tensorgate.http")
 
@@ -132,6 +132,14 @@ def _error_reply(status: int, message: str) -> Reply:
 def _decode_segment(segment: bytes) -> str:
     text = segment.decode("latin-1")
     return unquote(text) if "%" in text else text
+
+
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first header called ``name`` (lowercase), whatever case the client wrote it in."""
+    for key, value in headers:
+        if len(key) == len(name) and key.lower() == name:
+            return value
+    return None
 
 
 def _target(url: bytes) -> tuple[bytes, bytes]:
@@ -697,7 +705,7 @@ class _Connection(asyncio.Protocol):
             model, named_version = request.model, request.version or ""
         else:
             model, named_version = model_of_path(path)
-        traceparent = next((value for name, value in request.headers if name.lower() == b"traceparent"), None)
+        traceparent = header_value(request.headers, b"traceparent")
         client, _ = self.client_server()
         seconds = time.monotonic() - request.started if request.started else 0.0  # 0: refused before it began
         access.request("rest", path, model, version or named_version, status, seconds, request_id,

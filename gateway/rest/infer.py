@@ -15,7 +15,7 @@ from gateway.protocol.json_codec import binary_output_names, decode_request, enc
 from gateway.protocol.system_shm import SystemSharedMemory
 from gateway.protocol.types import InferRequest, InferResponse
 from gateway.rest.body import split_body
-from gateway.rest.http_server import Reply
+from gateway.rest.http_server import Reply, header_value
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from gateway.tracing import Tracing
@@ -39,8 +39,8 @@ class InferRoute:
 
     async def _traced(self, tracing: "Tracing", model: str, version: str | None, body: bytes,
                       header_length: str | None, headers: list[tuple[bytes, bytes]]) -> Reply:
-        span = tracing.start("rest", "POST", model, version, _header(headers, b"traceparent"),
-                             _header(headers, b"tracestate"))
+        span = tracing.start("rest", "POST", model, version, header_value(headers, b"traceparent"),
+                             header_value(headers, b"tracestate"))
         try:
             header, binary = split_body(body, header_length)
             request = decode_request(header, binary, model, version, self._shm)
@@ -72,10 +72,3 @@ class InferRoute:
             return Reply(200, b"application/json", payload, None, response.model_version, request.id or "")
         return Reply(200, b"application/octet-stream", payload, json_length, response.model_version, request.id or "")
 
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first header called ``name`` (lowercase), whatever case the client wrote it in."""
-    for key, value in headers:
-        if len(key) == len(name) and key.lower() == name:
-            return value
-    return None
