@@ -93,7 +93,6 @@ def _lower_names(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name.lower() for name in value)
 
 
-Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names), AfterValidator(_lower_names)]
 def _blank_is_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
@@ -102,6 +101,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Choice = BeforeValidator(_lowercase)
 OptionalFile = Annotated[Path | None, BeforeValidator(_blank_is_none)]
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names), AfterValidator(_lower_names)]
 
 
 class Settings(BaseSettings):
