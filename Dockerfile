@@ -22,17 +22,21 @@ SHELL ["/bin/sh", "-eu", "-c"]
 # Distribution packages are left unpinned on purpose: the base image's release fixes them, and
 # security updates should apply on rebuild. $packages is a word list, split on purpose.
 # hadolint ignore=DL3008,SC2086
-RUN apt-get update; \
+RUN set -eu; \
+    apt-get update; \
     packages="tini"; \
     command -v python3.11 >/dev/null || packages="$packages python3.11 python3.11-venv"; \
     apt-get install -y --no-install-recommends $packages; \
-    rm -rf /var/lib/apt/lists/*; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log; \
     python3.11 --version
 
-# --- build: a venv with tensorgate[RUNTIMES]; pip and setuptools stay here ---
+# --- build: a venv with tensorgate[RUNTIMES]; pip, setuptools and the packages' own test suites
+# (numpy's, onnx's backend test data) are removed: nothing imports them at run time ---
 FROM base AS build
 ARG RUNTIMES=onnx
-RUN IFS=','; for runtime in ${RUNTIMES}; do \
+RUN set -eu; \
+    IFS=','; for runtime in ${RUNTIMES}; do \
       case "${runtime}" in \
         onnx|torch|tensorflow|jax|tflite|all) ;; \
         *) echo "RUNTIMES: '${runtime}' is not one of onnx, torch, tensorflow, jax, tflite, all" >&2; exit 1 ;; \
@@ -43,9 +47,16 @@ WORKDIR /src
 COPY . ./
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3.11 -m venv /opt/tensorgate; \
-    /opt/tensorgate/bin/pip install "/src[${RUNTIMES}]"; \
-    /opt/tensorgate/bin/pip uninstall -y pip setuptools wheel; \
+# Local wheels scripts/build_image.sh staged (torch's CPU build), if any. $find_links is split on purpose.
+# hadolint ignore=SC2086
+RUN set -eu; \
+    python3.11 -m venv /opt/tensorgate; \
+    find_links=""; [ ! -d /src/.image-wheels ] || find_links="--find-links /src/.image-wheels"; \
+    /opt/tensorgate/bin/pip install $find_links "/src[${RUNTIMES}]"; \
+    /opt/tensorgate/bin/pip uninstall -y pip setuptools; \
+    site=/opt/tensorgate/lib/python3.11/site-packages; \
+    find "$site" -depth -type d -name tests -exec rm -rf {} +; \
+    rm -rf "$site/onnx/backend/test/data"; \
     /opt/tensorgate/bin/python -c "import gateway.server"
 
 # --- runtime: no compiler, no pip, no source tree; a non-root user ---
@@ -54,7 +65,8 @@ ARG RUNTIMES=onnx
 LABEL org.opencontainers.image.title="tensorgate" \
       org.opencontainers.image.description="Open Inference Protocol (KServe v2) model server, runtimes: ${RUNTIMES}" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 10001 tensorgate; \
+RUN set -eu; \
+    groupadd --system --gid 10001 tensorgate; \
     useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin tensorgate; \
     mkdir -p /models

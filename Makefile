@@ -10,7 +10,7 @@ TFSERVING_API := tensorflow-serving-api==2.21.0
 KSERVE_VENV  := .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk clean
+.PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test-tools:
 # Every skipped test is reported as a failure here (TENSORGATE_NO_SKIPS: tests/no_skips.py).
 test: test-tools lint typecheck $(KSERVE_STAMP)
 	TENSORGATE_NO_SKIPS=1 $(BIN)/python -m pytest -q
+
+# The container image for RUNTIMES (onnx, torch, tensorflow, jax, tflite, all or a comma list), built with
+# buildah on a debootstrapped Debian base unless BASE_IMAGE names one: scripts/build_image.sh.
+RUNTIMES ?= onnx
+image:
+	scripts/build_image.sh '$(RUNTIMES)'
 
 # Regenerate gateway/grpc/generated from proto/ (a test fails when they drift apart).
 proto: $(STAMP)
