@@ -1,10 +1,13 @@
 # TensorGate image: `tensorgate serve` over the model repository mounted at /models.
 #
+#   make image RUNTIMES=onnx     # scripts/build_image.sh: buildah, on a debootstrapped base (no daemon, no registry)
 #   docker build -t tensorgate:onnx .                                  # ONNX Runtime only (default)
 #   docker build --build-arg RUNTIMES=torch -t tensorgate:torch .       # or tensorflow, jax, tflite, all, "onnx,torch"
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
 #                --build-arg RUNTIMES=torch -t tensorgate:torch-cuda .  # CUDA base
-#   docker run -p 8000-8002:8000-8002 -v "$PWD/model_repo:/models:ro" tensorgate:onnx
+#   docker build --build-arg RUNTIMES=torch --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
+#                -t tensorgate:torch-cpu .                               # CPU-only torch
+#   docker run -p 8000-8002:8000-8002 -v "$PWD/model_repo/digits_onnx:/models/digits_onnx:ro" tensorgate:onnx
 #
 # RUNTIMES names extras of pyproject.toml (tests/deploy/test_dockerfile.py checks each exists), so
 # the image installs exactly the dependency sets the project declares and pins.
@@ -35,6 +38,9 @@ RUN set -eu; \
 # (numpy's, onnx's backend test data) are removed: nothing imports them at run time ---
 FROM base AS build
 ARG RUNTIMES=onnx
+# pip reads it from the environment: https://download.pytorch.org/whl/cpu makes a CPU-only torch image
+# (torch's Linux wheel on PyPI is the CUDA build). Unset by default.
+ARG PIP_EXTRA_INDEX_URL
 RUN set -eu; \
     IFS=','; for runtime in ${RUNTIMES}; do \
       case "${runtime}" in \

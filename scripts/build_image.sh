@@ -99,6 +99,9 @@ stage_wheels() {
 
 check_runtimes
 need buildah buildah
+# One build at a time per checkout: they share the staged wheels in the build context.
+exec 9>.image-build.lock
+flock 9
 if [ -z "${BASE_IMAGE:-}" ]; then
     buildah inspect --type image "$BASE_TAG" >/dev/null 2>&1 || make_base
     BASE_IMAGE=$BASE_TAG

@@ -341,7 +341,7 @@ def test_the_adapter_rules_serve_the_metric_names_the_chart_documents() -> None:
 
 def test_the_readme_shows_the_adapter_rule_of_the_examples_file() -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Deploy on Kubernetes"):]
+    section = readme[readme.index("## Deploy\n"):]
     block = next(b.split("\n", 1)[1] for b in section.split("```yaml")[1:] if "seriesQuery" in b)
     (rule,) = yaml.safe_load(block.split("```")[0])
     adapter = yaml.safe_load((CHART / "examples" / "prometheus-adapter.yaml").read_text())

@@ -27,7 +27,8 @@ from tests.helpers import load_script
 from tests.model_factory import copy_example_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-pytestmark = pytest.mark.slow
+# The first test pays for the build: debootstrap and the onnx image take minutes on a fresh machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _buildah(*args: str, timeout: float = 120) -> str:
@@ -37,14 +38,16 @@ def _buildah(*args: str, timeout: float = 120) -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Iterator[str]:
     if shutil.which("buildah") is None or shutil.which("debootstrap") is None:
         pytest.fail("buildah and debootstrap are missing: run scripts/test_tools.sh "
                     "(apt-get install -y buildah debootstrap)")
     result = subprocess.run(["scripts/build_image.sh", "onnx"], cwd=ROOT, capture_output=True, text=True,
                             timeout=1500, check=False)
     assert result.returncode == 0, result.stderr[-6000:]
-    return result.stdout.split()[-1]
+    yield result.stdout.split()[-1]
+    # Each run of the suite builds anew from the changed source: drop the untagged layers it left.
+    subprocess.run(["buildah", "rmi", "--prune"], capture_output=True, timeout=300, check=False)
 
 
 def test_a_failed_step_fails_an_oci_format_build_too(image: str, tmp_path: Path) -> None:
@@ -138,6 +141,16 @@ class RunningImage:
         assert found, f"no {command!r} among {self.processes()}"
         return found[0]
 
+    def written_paths(self) -> list[str]:
+        """Every file the container wrote so far (its overlay layer's upper directory)."""
+        inspected = json.loads(_buildah("inspect", "--type", "container", self.container))
+        root = json.loads(_buildah("info"))["store"]["GraphRoot"]
+        containers = json.loads((Path(root) / "overlay-containers" / "containers.json").read_text())
+        layer = next(c["layer"] for c in containers if c["id"] == inspected["ContainerID"])
+        upper = Path(root) / "overlay" / layer / "diff"
+        assert upper.is_dir(), upper
+        return sorted(f"/{p.relative_to(upper)}" for p in upper.rglob("*") if not p.is_dir())
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -211,6 +224,9 @@ def test_sigterm_to_the_image_drains_and_exits_0(running: RunningImage) -> None:
     log = running.log.read_text()
     for event in ("signal_received", "draining", "drained", "stopped"):
         assert event in log, log
+    # A read-only root filesystem with a tmpfs at /tmp is enough: the run wrote nowhere else.
+    written = [path for path in running.written_paths() if not path.startswith("/tmp/")]
+    assert written == [], written
 
 
 def _build_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
