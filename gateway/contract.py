@@ -209,7 +209,8 @@ class RequestTrace:
 class Submit:
     """One validated request for model version ``key``; ``received_ns`` is ``time.monotonic_ns``.
     ``trace``: its server span's context when it is traced (the worker reports its queue and batch
-    back in ``Outcome.trace``)."""
+    back in ``Outcome.trace``). ``release``: output blocks the frontend is done with (a ``Release``
+    that rides along, so it costs no message of its own)."""
 
     id: int
     key: str
@@ -220,6 +221,7 @@ class Submit:
     timeout_s: float | None
     received_ns: int
     trace: SpanRef | None = None
+    release: list[int] = field(default_factory=list)
 
 
 @by_fields
