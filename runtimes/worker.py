@@ -118,8 +118,21 @@ class HostedModel:
         return self._threaded(batch, outputs)
 
     async def _threaded(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, batch, outputs)
-        return self._timed(result)
+        """On an instance thread; its end posted straight back to the loop (``run_in_executor`` chains a
+        second future through Python callbacks on both sides: ~12 µs more per batch here)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[ExecuteResult] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = self._run(batch, outputs)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+        self._pool.submit(job)
+        return self._timed(await done)
 
     def _timed(self, result: ExecuteResult) -> ExecuteResult:
         """Keep the mean run time, and decide from it where the next batch runs."""
@@ -233,6 +246,17 @@ class Host:
         if self.models.get(key) is model:
             del self.models[key]
         log_event(log, "model_freed", model=key)
+
+
+def _settle(future: "asyncio.Future[ExecuteResult]", result: ExecuteResult | None, exc: BaseException | None) -> None:
+    """On the loop: hand a batch's end to whoever waits for it (nobody, if the loop is closing)."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert result is not None
+        future.set_result(result)
 
 
 def _open(spec: LoadModel) -> tuple[RuntimeAdapter, Signature | None]:
