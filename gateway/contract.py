@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.wire_pickle import by_fields
+
 #: The reason a version shows once a client or the repository unloaded it (Triton's word).
 UNLOADED = "unloaded"
 
@@ -158,6 +160,7 @@ class ModelGauges:
 # --- frontend <-> runtime worker ------------------------------------------------------------------
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class TensorRef:
     """A tensor's bytes at ``offset`` in the sender's arena: dtype as numpy's ``dtype.str``."""
@@ -176,6 +179,7 @@ WireTensor = TensorRef | np.ndarray
 SpanRef = tuple[int, int, int]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class BatchTrace:
     """What a traced request's batch did (``time.monotonic_ns``, shared by every process on the
@@ -190,6 +194,7 @@ class BatchTrace:
     links: tuple[SpanRef, ...]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class RequestTrace:
     """A traced request's time in the worker: queued at ``enqueued_ns``, then its ``rows`` ran in ``batch``."""
@@ -199,11 +204,13 @@ class RequestTrace:
     batch: BatchTrace
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Submit:
     """One validated request for model version ``key``; ``received_ns`` is ``time.monotonic_ns``.
     ``trace``: its server span's context when it is traced (the worker reports its queue and batch
-    back in ``Outcome.trace``)."""
+    back in ``Outcome.trace``). ``release``: output blocks the frontend is done with (a ``Release``
+    that rides along, so it costs no message of its own)."""
 
     id: int
     key: str
@@ -214,8 +221,10 @@ class Submit:
     timeout_s: float | None
     received_ns: int
     trace: SpanRef | None = None
+    release: list[int] = field(default_factory=list)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """The client of request ``id`` has gone: drop it if it has not been dispatched."""
@@ -223,6 +232,7 @@ class Cancel:
     id: int
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Release:
     """The frontend has answered these requests: free their outputs' arena blocks."""
@@ -230,6 +240,7 @@ class Release:
     offsets: list[int]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Failed:
     """A request for ``key`` failed in the frontend (counted in the model's statistics)."""
@@ -238,6 +249,7 @@ class Failed:
     ns: int
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Fence:
     """The frontend serves from ModelTable ``generation`` on: it sends nothing after this for a key that
@@ -246,11 +258,13 @@ class Fence:
     generation: int
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class StatsQuery:
     keys: list[str]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One request's answer: its outputs, or the error (``kind`` names a ``TensorGateError`` class);
@@ -264,6 +278,7 @@ class Outcome:
 
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Results:
     """The answers of one executed batch (or of rejections) for one frontend, sent as one frame."""

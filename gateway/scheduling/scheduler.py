@@ -41,8 +41,14 @@ class ExecuteResult:
     finished_ns: int
 
 
-#: Run one batch: the requests' inputs (gather them with ``gather``) and the outputs wanted.
-ExecuteBatch = Callable[[list[Inputs], list[str]], Awaitable[ExecuteResult]]
+#: Run one batch: the requests' inputs (gather them with ``gather``) and the outputs wanted. A port that
+#: ran the batch at once returns its result (the answers then leave in the same turn of the loop);
+#: one that hands it to a thread returns an awaitable of it. Either may raise ``TensorGateError``.
+ExecuteBatch = Callable[[list[Inputs], list[str]], ExecuteResult | Awaitable[ExecuteResult]]
+
+#: Told, as soon as the scheduler settles it, that a request's future is done (answered, failed, or
+#: cancelled): before the loop's next turn, unlike a future's own done-callbacks.
+Settled = Callable[["Pending"], None]
 
 
 def gather(batch: list[Inputs]) -> Inputs:
@@ -73,6 +79,7 @@ class Pending:
     timer: asyncio.TimerHandle | None = field(default=None)
     trace: SpanRef | None = None
     traced: RequestTrace | None = None
+    on_settled: Settled | None = None
 
 
 class Scheduler:
@@ -110,8 +117,10 @@ class Scheduler:
 
     def enqueue(self, inputs: Inputs, outputs: list[str], rows: int,
                 priority: int | None = None, timeout_s: float | None = None,
-                trace: SpanRef | None = None) -> Pending:
-        """Queue one request; its ``future`` resolves to its outputs. Raises at once if refused."""
+                trace: SpanRef | None = None, on_settled: Settled | None = None) -> Pending:
+        """Queue one request; its ``future`` resolves to its outputs, and ``on_settled`` is called with
+        the request the moment it does (one that runs at once is answered before this returns). Raises
+        at once if refused."""
         level = priority or self._default_priority
         if not 1 <= level <= self._levels:
             raise InvalidRequest(f"priority must be between 1 (highest) and {self._levels} for model {self.label}")
@@ -119,7 +128,7 @@ class Scheduler:
             raise Unavailable(f"model {self.label}: the queue is full ({self.max_queue_size} requests); retry later")
         loop = asyncio.get_running_loop()
         pending = Pending(inputs, outputs, rows, _shape_key(inputs, self.max_batch_size), loop.time(),
-                           time.monotonic_ns(), loop.create_future(), trace=trace)
+                           time.monotonic_ns(), loop.create_future(), trace=trace, on_settled=on_settled)
         self._queues[level - 1].append(pending)
         self.queued_requests += 1
         self._queued_rows += rows
@@ -127,9 +136,9 @@ class Scheduler:
         timeout = timeout_s if timeout_s is not None else self._default_timeout_s
         if timeout > 0:
             pending.timer = loop.call_later(timeout, self._expire, pending)
-        self._dispatch()
         self.inflight_requests += 1
         pending.future.add_done_callback(self._answered)
+        self._dispatch()
         return pending
 
     def cancel(self, pending: Pending) -> None:
@@ -137,6 +146,7 @@ class Scheduler:
         if pending.state == _QUEUED:
             self._leave(pending)
             pending.future.cancel()
+            _settled(pending)
 
     def _answered(self, _: "asyncio.Future[Outputs]") -> None:
         self.inflight_requests -= 1
@@ -161,6 +171,7 @@ class Scheduler:
         pending.future.set_exception(
             QueueTimeout(f"model {self.label}: the request timed out after {waited_ms:.1f} ms in the queue")
         )
+        _settled(pending)
 
     def _head(self) -> Pending | None:
         for queue in self._queues:
@@ -192,7 +203,18 @@ class Scheduler:
             rows = sum(p.rows for p in batch)
             self._idle -= 1
             self._running_rows += rows
-            task = loop.create_task(self._run(batch, rows))
+            dispatched_ns = time.monotonic_ns()
+            for pending in batch:
+                self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
+            try:
+                run = self._execute([p.inputs for p in batch], _union(batch))
+            except Exception as exc:
+                self._finish(batch, rows, dispatched_ns, _failure(self.label, exc))
+                continue
+            if isinstance(run, ExecuteResult):  # ran on the loop: answered now, and the instance is idle again
+                self._finish(batch, rows, dispatched_ns, run)
+                continue
+            task = loop.create_task(self._run(batch, rows, dispatched_ns, run))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
@@ -224,27 +246,41 @@ class Scheduler:
                 pending.timer.cancel()
         return batch
 
-    async def _run(self, batch: list[Pending], rows: int) -> None:
-        dispatched_ns = time.monotonic_ns()
-        for pending in batch:
-            self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
+    async def _run(self, batch: list[Pending], rows: int, dispatched_ns: int,
+                   run: Awaitable[ExecuteResult]) -> None:
+        """Wait for a batch that runs elsewhere (an instance thread), then answer it."""
+        outcome: ExecuteResult | TensorGateError
         try:
-            result = await self._execute([p.inputs for p in batch], _union(batch))
+            outcome = await run
+        except Exception as exc:
+            outcome = _failure(self.label, exc)
+        except BaseException:  # the loop is closing under it
+            self._finish(batch, rows, dispatched_ns, InferenceFailed(f"model {self.label}: the batch was abandoned"))
+            raise
+        self._finish(batch, rows, dispatched_ns, outcome)
+        self._dispatch()
+
+    def _finish(self, batch: list[Pending], rows: int, dispatched_ns: int,
+                outcome: ExecuteResult | TensorGateError) -> None:
+        """Answer a batch's requests (or fail them) and give its instance back."""
+        try:
+            if isinstance(outcome, TensorGateError):
+                raise outcome
             if any(p.trace is not None for p in batch):
-                _trace(batch, rows, dispatched_ns, result)
-            self._deliver(batch, rows, result.outputs)
+                _trace(batch, rows, dispatched_ns, outcome)
+            self._deliver(batch, rows, outcome.outputs)
             done_ns = time.monotonic_ns()
-            self.stats.record_batch(rows, len(batch), result.started_ns - dispatched_ns,
-                                    result.finished_ns - result.started_ns, done_ns - result.finished_ns)
+            self.stats.record_batch(rows, len(batch), outcome.started_ns - dispatched_ns,
+                                    outcome.finished_ns - outcome.started_ns, done_ns - outcome.finished_ns)
         except TensorGateError as exc:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(type(exc)(exc.message))
+                    _settled(pending)
         finally:
             self._idle += 1
             self._running_rows -= rows
             self._window.completed(asyncio.get_running_loop().time(), rows)
-            self._dispatch()
 
     def _deliver(self, batch: list[Pending], rows: int, outputs: Outputs) -> None:
         if self.max_batch_size > 0:
@@ -260,7 +296,20 @@ class Scheduler:
                 else:
                     pending.future.set_result(
                         {name: outputs[name][offset : offset + pending.rows] for name in pending.outputs})
+                _settled(pending)
             offset += pending.rows
+
+
+def _failure(label: str, exc: Exception) -> TensorGateError:
+    """What a batch's requests fail with when it raised (the runtime's own errors pass as they are)."""
+    if isinstance(exc, TensorGateError):
+        return exc
+    return InferenceFailed(f"model {label} failed while executing: {type(exc).__name__}: {exc}")
+
+
+def _settled(pending: Pending) -> None:
+    if pending.on_settled is not None:
+        pending.on_settled(pending)
 
 
 def _trace(batch: list[Pending], rows: int, dispatched_ns: int, result: ExecuteResult) -> None:

@@ -24,10 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from gateway.wire_pickle import by_fields
+
 _PREFIX = struct.Struct("<II")
 _LENGTH = struct.Struct("<Q")
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels: a call (``call_id`` > 0, a reply expected), a notice (``call_id`` 0), or a reply."""

@@ -4,8 +4,9 @@ On connect the frontend creates two arenas (``gateway.workers.arena``) and hands
 the worker: it writes each request's tensors once into its input arena and sends only their
 places (``Submit``); the worker batches them with every other frontend's requests, writes the
 outputs into the output arena and answers with their places (``Results``). The frontend reads
-the outputs as views, encodes its reply, then tells the worker to free them (``Release``: sent
-with the next request, so it costs the worker no wake-up of its own, or after ``RELEASE_DELAY_S``).
+the outputs as views, encodes its reply, then tells the worker to free them (in the next request's
+``Submit``, so it costs no message and no wake-up of its own, or in a ``Release`` after
+``RELEASE_DELAY_S`` when no request comes).
 
 An input block is freed only once the worker has answered for its request, so a request whose
 client hung up (``Cancel``) keeps its inputs until the worker confirms it dropped or finished
@@ -80,6 +81,7 @@ class WorkerLink:
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
         self._releases: list[int] = []
+        self._release_timer: asyncio.TimerHandle | None = None
         self._peer: Peer | None = None
         self._inputs: Arena | None = None
         self._outputs: Arena | None = None
@@ -121,8 +123,8 @@ class WorkerLink:
                 call.inputs.append(ref.offset)
         request_id = next(self._ids)
         self._calls[request_id] = call
-        self._flush_releases()  # frees ride along with the request: one write, one wake-up of the worker
-        self._peer.notify(Submit(request_id, key, wire, outputs, rows, priority, timeout_s, received_ns, trace))
+        self._peer.notify(Submit(request_id, key, wire, outputs, rows, priority, timeout_s, received_ns, trace,
+                                 self._take_releases()))
         try:
             outcome = await call.future
         except asyncio.CancelledError:
@@ -176,11 +178,20 @@ class WorkerLink:
         if not blocks or not self.connected:
             return
         if not self._releases:
-            asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_releases)
+            self._release_timer = asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_releases)
         self._releases.extend(blocks)
 
-    def _flush_releases(self) -> None:
+    def _take_releases(self) -> list[int]:
+        """The blocks to free, handed to whatever message goes first (the timer is then not needed)."""
         releases, self._releases = self._releases, []
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        return releases
+
+    def _flush_releases(self) -> None:
+        self._release_timer = None  # (this is it firing)
+        releases = self._take_releases()
         if self._peer is not None and releases:
             self._peer.notify(Release(releases))
 

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.contract import SchedulerOptions
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, QueueTimeout, Unavailable
-from gateway.scheduling.scheduler import ExecuteResult, Inputs, Scheduler, gather
+from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler, gather
 from gateway.scheduling.stats import ModelStats
 
 
@@ -231,4 +231,75 @@ def test_traced_requests_learn_their_batch_and_who_shared_it() -> None:
         assert (first.batch.requests, first.batch.rows, first.rows, second.rows) == (3, 4, 1, 2)
         assert first.enqueued_ns <= second.enqueued_ns <= first.batch.dispatched_ns
         assert first.batch.dispatched_ns <= first.batch.started_ns <= first.batch.finished_ns
+    run(scenario)
+
+
+class LoopModel:
+    """Doubles its input right on the loop: returns the result instead of an awaitable (as a worker does
+    for a model whose batches are very fast), or raises what it is told to."""
+
+    def __init__(self, raises: Exception | None = None) -> None:
+        self.batches: list[int] = []
+        self.raises = raises
+
+    def __call__(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        self.batches.append(len(batch))
+        if self.raises is not None:
+            raise self.raises
+        now = time.monotonic_ns()
+        return ExecuteResult({"y": gather(batch)["x"] * 2}, now, now)
+
+
+def test_a_batch_that_runs_on_the_loop_is_answered_before_enqueue_returns() -> None:
+    async def scenario() -> None:
+        model = LoopModel()
+        scheduler = Scheduler(SchedulerOptions("'loop' version 1", 8), model, ModelStats("loop", "1"))
+        settled: list[Pending] = []
+        pending = scheduler.enqueue(rows(3), ["y"], 1, on_settled=settled.append)
+        assert settled == [pending] and pending.future.done()
+        assert pending.future.result()["y"].tolist() == [[6, 6]]
+        assert scheduler.stats.execution_count == 1 and scheduler.stats.queue.count == 1
+        again = scheduler.enqueue(rows(4), ["y"], 1, on_settled=settled.append)  # the instance is free again
+        assert settled == [pending, again] and again.future.result()["y"].tolist() == [[8, 8]]
+        assert not scheduler.busy and scheduler.queued_requests == 0
+        await asyncio.sleep(0)
+        assert scheduler.inflight_requests == 0
+    run(scenario)
+
+
+@pytest.mark.parametrize("error", [InferenceFailed("model 'loop' failed while executing: boom"),
+                                   RuntimeError("boom")], ids=["runtime-error", "unexpected"])
+def test_a_batch_that_fails_on_the_loop_fails_its_requests_and_frees_the_instance(error: Exception) -> None:
+    async def scenario() -> None:
+        model = LoopModel(raises=error)
+        scheduler = Scheduler(SchedulerOptions("'loop' version 1", 8), model, ModelStats("loop", "1"))
+        settled: list[Pending] = []
+        pending = scheduler.enqueue(rows(1), ["y"], 1, on_settled=settled.append)
+        assert settled == [pending]
+        with pytest.raises(InferenceFailed, match="boom"):
+            pending.future.result()
+        model.raises = None
+        assert (await scheduler.submit(rows(2), ["y"], 1))["y"].tolist() == [[4, 4]]
+    run(scenario)
+
+
+def test_on_settled_is_told_once_whatever_ends_the_request() -> None:
+    """Answered after a thread-like wait, timed out in the queue, cancelled in the queue: one call each."""
+    async def scenario() -> None:
+        model = FakeModel(hold=True)
+        scheduler = make(model)
+        settled: list[Pending] = []
+        running = scheduler.enqueue(rows(1), ["y"], 1, on_settled=settled.append)
+        await model.started.wait()
+        expiring = scheduler.enqueue(rows(2), ["y"], 1, timeout_s=0.001, on_settled=settled.append)
+        cancelled = scheduler.enqueue(rows(3), ["y"], 1, on_settled=settled.append)
+        scheduler.cancel(cancelled)
+        assert settled == [cancelled] and cancelled.future.cancelled()
+        await asyncio.sleep(0.01)
+        assert settled == [cancelled, expiring]
+        assert isinstance(expiring.future.exception(), QueueTimeout)
+        model.release.set()
+        await running.future
+        assert settled == [cancelled, expiring, running]
+        assert [len(b) for b in model.batches] == [1]  # neither of the others ran
     run(scenario)
