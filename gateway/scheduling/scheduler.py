@@ -254,8 +254,9 @@ class Scheduler:
             outcome = await run
         except Exception as exc:
             outcome = _failure(self.label, exc)
-        except BaseException:  # the loop is closing under it
-            self._finish(batch, rows, dispatched_ns, InferenceFailed(f"model {self.label}: the batch was abandoned"))
+        except BaseException:  # the loop is closing under it (the worker is stopping): retry elsewhere, 503
+            self._finish(batch, rows, dispatched_ns,
+                         Unavailable(f"model {self.label}: the worker stopped before the batch finished"))
             raise
         self._finish(batch, rows, dispatched_ns, outcome)
         self._dispatch()

@@ -303,3 +303,15 @@ def test_on_settled_is_told_once_whatever_ends_the_request() -> None:
         assert settled == [cancelled, expiring, running]
         assert [len(b) for b in model.batches] == [1]  # neither of the others ran
     run(scenario)
+
+
+def test_a_batch_cut_short_by_the_worker_stopping_answers_503_not_500() -> None:
+    async def stopping(batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        raise asyncio.CancelledError  # what awaiting an instance thread raises when the loop is closing
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerOptions("'fake' version 1", 8, 1), stopping, ModelStats("fake", "1"))
+        pending = scheduler.enqueue(rows(0), ["y"], 1)
+        with pytest.raises(Unavailable, match="the worker stopped before the batch finished"):
+            await pending.future
+    run(scenario)
