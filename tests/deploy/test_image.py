@@ -7,6 +7,7 @@ ports given as TENSORGATE_* variables, the way a deployment sets them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -153,7 +154,12 @@ class RunningImage:
 
     def close(self) -> None:
         if self.process.poll() is None:
+            # Killing `buildah run` alone would leave the container's processes running: kill them too.
+            inside = _descendants(self.process.pid)
             self.process.kill()
+            for pid in inside:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         subprocess.run(["buildah", "rm", self.container], capture_output=True, check=False)
 
