@@ -100,7 +100,7 @@ class HostedModel:
         self._pool = ThreadPoolExecutor(max_workers=spec.instances, thread_name_prefix=spec.key)
         options = spec.scheduling or SchedulerOptions(f"'{spec.model_name}'", spec.max_batch_size, spec.instances)
         version = spec.version or spec.key.rsplit(":", 1)[-1]
-        self.scheduler = Scheduler(options, self._execute, ModelStats(spec.model_name, version))
+        self.scheduler = Scheduler(options, self._execute, ModelStats(spec.model_name, version), self._threaded)
         #: Mean run time of a batch (an exponential average), and whether batches run on the loop.
         self._run_s: float | None = None
         self._inline = False

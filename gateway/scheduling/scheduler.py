@@ -46,6 +46,10 @@ class ExecuteResult:
 #: one that hands it to a thread returns an awaitable of it. Either may raise ``TensorGateError``.
 ExecuteBatch = Callable[[list[Inputs], list[str]], ExecuteResult | Awaitable[ExecuteResult]]
 
+#: Queue one batch on the instances behind the ones running (a thread pool's queue): it starts the moment
+#: an instance finishes, without waiting for the loop. Returns an awaitable of its result.
+StageBatch = Callable[[list[Inputs], list[str]], Awaitable[ExecuteResult]]
+
 #: Told, as soon as the scheduler settles it, that a request's future is done (answered, failed, or
 #: cancelled): before the loop's next turn, unlike a future's own done-callbacks.
 Settled = Callable[["Pending"], None]
@@ -85,7 +89,8 @@ class Pending:
 class Scheduler:
     """Queues requests for one model version and runs them in batches on ``instances`` instances."""
 
-    def __init__(self, options: SchedulerOptions, execute: ExecuteBatch, stats: ModelStats) -> None:
+    def __init__(self, options: SchedulerOptions, execute: ExecuteBatch, stats: ModelStats,
+                 stage: StageBatch | None = None) -> None:
         self.label = options.label
         self.max_batch_size = max_batch_size = options.max_batch_size
         self.stats = stats
@@ -97,6 +102,11 @@ class Scheduler:
         self._queues: list[deque[Pending]] = [deque() for _ in range(self._levels)]
         self._window = BatchWindow(max_batch_size, options.max_queue_delay_s, list(options.preferred_batch_sizes))
         self._idle = options.instances
+        self._stage = stage
+        #: Batches handed to the instances while all were busy (at most one: see ``_may_stage``).
+        self._staged = 0
+        #: Queued requests with a timeout: never staged, so a timeout still means "waited too long in the queue".
+        self._queued_with_timeout = 0
         self.queued_requests = 0
         self.inflight_requests = 0
         self._queued_rows = 0
@@ -136,6 +146,7 @@ class Scheduler:
         timeout = timeout_s if timeout_s is not None else self._default_timeout_s
         if timeout > 0:
             pending.timer = loop.call_later(timeout, self._expire, pending)
+            self._queued_with_timeout += 1
         self.inflight_requests += 1
         pending.future.add_done_callback(self._answered)
         self._dispatch()
@@ -162,6 +173,7 @@ class Scheduler:
         self._queued_rows -= pending.rows
         if pending.timer is not None:
             pending.timer.cancel()
+            self._queued_with_timeout -= 1
 
     def _expire(self, pending: Pending) -> None:
         if pending.state != _QUEUED:
@@ -185,38 +197,70 @@ class Scheduler:
         return min(q[0].enqueued for q in self._queues if q)
 
     def _dispatch(self) -> None:
-        """Start as many batches as there are idle instances and ready requests."""
+        """Start as many batches as there are idle instances and ready requests, and stage the next one
+        behind busy instances when it is complete already (``_may_stage``)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         loop = asyncio.get_running_loop()
-        while self._idle > 0:
+        while True:
             head = self._head()
             if head is None:
                 return
-            decision = self._window.decide(loop.time(), self._queued_rows, self._running_rows,
-                                           self._oldest_enqueued())
-            if decision.wait > 0:
-                self._timer = loop.call_later(decision.wait, self._dispatch)
-                return
+            staged = self._idle == 0
+            if staged:
+                if not self._may_stage():
+                    return
+            else:
+                decision = self._window.decide(loop.time(), self._queued_rows, self._running_rows,
+                                               self._oldest_enqueued())
+                if decision.wait > 0:
+                    self._timer = loop.call_later(decision.wait, self._dispatch)
+                    return
             batch = self._take_batch(head)
             rows = sum(p.rows for p in batch)
-            self._idle -= 1
             self._running_rows += rows
             dispatched_ns = time.monotonic_ns()
-            for pending in batch:
-                self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
-            try:
-                run = self._execute([p.inputs for p in batch], _union(batch))
-            except Exception as exc:
-                self._finish(batch, rows, dispatched_ns, _failure(self.label, exc))
-                continue
-            if isinstance(run, ExecuteResult):  # ran on the loop: answered now, and the instance is idle again
-                self._finish(batch, rows, dispatched_ns, run)
-                continue
-            task = loop.create_task(self._run(batch, rows, dispatched_ns, run))
+            inputs, outputs = [p.inputs for p in batch], _union(batch)
+            run: ExecuteResult | Awaitable[ExecuteResult]
+            if staged:
+                assert self._stage is not None
+                self._staged += 1
+                run = self._stage(inputs, outputs)
+            else:
+                self._idle -= 1
+                for pending in batch:
+                    self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
+                try:
+                    run = self._execute(inputs, outputs)
+                except Exception as exc:
+                    self._finish(batch, rows, dispatched_ns, _failure(self.label, exc))
+                    continue
+                if isinstance(run, ExecuteResult):  # ran on the loop: answered now, and the instance is idle again
+                    self._finish(batch, rows, dispatched_ns, run)
+                    continue
+            task = loop.create_task(self._run(batch, rows, dispatched_ns, run, staged))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+
+    def _may_stage(self) -> bool:
+        """Whether to hand the next batch to the instances while they are all busy.
+
+        A batch that waits on the loop for an instance starts only after the finished batch's
+        completion has reached the loop and the instance's thread has been woken again: ~0.2-0.4 ms
+        each on two busy cores, against ~3 ms for a batch of 8 of the anchors' MLP. Staged in the
+        instances' queue, it starts the moment the instance is free. This is the split pipeline
+        (depth 2) only, and only for a batch that is complete (the rows the window would wait for
+        when the instance frees), never for requests with a timeout or of several priority levels:
+        a staged request has left the queue, so it can no longer time out, be cancelled or be
+        overtaken. At depth 1 nothing is ever staged, so its batches are exactly as before.
+        """
+        if self._stage is None or self._staged or self._levels > 1 or self._queued_with_timeout:
+            return False
+        window = self._window
+        if window.max_delay_s <= 0 or window.depth.depth != 2:
+            return False
+        return self._queued_rows >= window.target(0)
 
     def _take_batch(self, head: Pending) -> list[Pending]:
         """The head request plus, in priority then arrival order, the compatible ones that fit."""
@@ -244,11 +288,13 @@ class Scheduler:
             self._queued_rows -= pending.rows
             if pending.timer is not None:
                 pending.timer.cancel()
+                self._queued_with_timeout -= 1
         return batch
 
     async def _run(self, batch: list[Pending], rows: int, dispatched_ns: int,
-                   run: Awaitable[ExecuteResult]) -> None:
-        """Wait for a batch that runs elsewhere (an instance thread), then answer it."""
+                   run: Awaitable[ExecuteResult], staged: bool) -> None:
+        """Wait for a batch that runs elsewhere (an instance thread), then answer it. A staged batch's
+        queue time lasts until it started (it waited for an instance in the instances' queue)."""
         outcome: ExecuteResult | TensorGateError
         try:
             outcome = await run
@@ -258,6 +304,10 @@ class Scheduler:
             self._finish(batch, rows, dispatched_ns,
                          Unavailable(f"model {self.label}: the worker stopped before the batch finished"))
             raise
+        if staged:
+            dispatched_ns = outcome.started_ns if isinstance(outcome, ExecuteResult) else time.monotonic_ns()
+            for pending in batch:
+                self.stats.record_queue(dispatched_ns - pending.enqueued_ns)
         self._finish(batch, rows, dispatched_ns, outcome)
         self._dispatch()
 
@@ -279,7 +329,11 @@ class Scheduler:
                     pending.future.set_exception(type(exc)(exc.message))
                     _settled(pending)
         finally:
-            self._idle += 1
+            # A staged batch took over the instance the moment this one finished (the instances' queue is FIFO).
+            if self._staged:
+                self._staged -= 1
+            else:
+                self._idle += 1
             self._running_rows -= rows
             self._window.completed(asyncio.get_running_loop().time(), rows)
 

@@ -315,3 +315,92 @@ def test_a_batch_cut_short_by_the_worker_stopping_answers_503_not_500() -> None:
         with pytest.raises(Unavailable, match="the worker stopped before the batch finished"):
             await pending.future
     run(scenario)
+
+
+class OneInstance:
+    """One instance behind a FIFO queue, as the worker's thread pool is: a batch handed over while
+    another runs (``stage``) starts the moment that one finishes. Each batch runs until released."""
+
+    def __init__(self) -> None:
+        self._instance = asyncio.Lock()  # FIFO: waiters acquire in the order they asked
+        self.handed: list[list[float]] = []  # each batch's first column, in the order it was handed over
+        self.releases: list[asyncio.Event] = []
+        self.started_ns: list[int] = []
+
+    async def __call__(self, batch: list[Inputs], outputs: list[str]) -> ExecuteResult:
+        inputs = gather(batch)
+        self.handed.append(inputs["x"][:, 0].tolist())
+        release = asyncio.Event()
+        self.releases.append(release)
+        async with self._instance:
+            self.started_ns.append(time.monotonic_ns())
+            await release.wait()
+            return ExecuteResult({"y": inputs["x"] * 2}, self.started_ns[-1], time.monotonic_ns())
+
+
+def _split_pipeline(instance: OneInstance, **batching: Any) -> Scheduler:
+    """A scheduler whose window has chosen the split pipeline (depth 2), as ``DepthChooser`` does
+    after measuring it faster; the depth is set here rather than measured."""
+    options = SchedulerOptions("'fake' version 1", 8, 1, max_queue_delay_s=0.05, **batching)
+    scheduler = Scheduler(options, instance, ModelStats("fake", "1"), stage=instance)
+    scheduler._window.depth.depth = 2
+    return scheduler
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_complete_batch_is_staged_behind_the_busy_instance_and_its_queue_time_lasts_until_it_starts() -> None:
+    async def scenario() -> None:
+        instance = OneInstance()
+        scheduler = _split_pipeline(instance)
+        first = asyncio.create_task(scheduler.submit(rows(0, n=4), ["y"], 4))
+        await _turns()
+        others = [asyncio.create_task(scheduler.submit(rows(i), ["y"], 1)) for i in (1, 2, 3, 4)]
+        await _turns()
+        # The loop holds 8 rows: at depth 2 the next batch is complete at 4, and it is handed over
+        # while the first runs.
+        assert instance.handed == [[0] * 4, [1, 2, 3, 4]]
+        assert scheduler.queued_requests == 0
+        time.sleep(0.02)  # the instance stays busy: the staged requests' queue time goes on
+        instance.releases[0].set()
+        assert (await first)["y"].tolist() == [[0, 0]] * 4
+        await _turns()
+        instance.releases[1].set()
+        assert [(await t)["y"][0, 0] for t in others] == [2, 4, 6, 8]
+        stats = scheduler.stats.as_dict()["inference_stats"]
+        assert isinstance(stats, dict) and stats["queue"]["count"] == 5
+        assert stats["queue"]["ns"] >= 4 * 20_000_000  # the four staged requests waited out the first batch
+        # Both batches are done: the instance is idle again, and a new request runs at once.
+        late = asyncio.create_task(scheduler.submit(rows(5), ["y"], 1))
+        await asyncio.sleep(0.1)  # the window may wait (within its 50 ms) for the loop it remembers
+        assert instance.handed[-1] == [5]
+        instance.releases[-1].set()
+        await late
+        assert scheduler.stats.execution_count == 3
+    run(scenario)
+
+
+@pytest.mark.parametrize("case", ["depth 1", "a request with a timeout", "several priority levels"])
+def test_nothing_is_staged_that_could_still_time_out_be_overtaken_or_join_a_whole_loop_batch(case: str) -> None:
+    async def scenario() -> None:
+        instance = OneInstance()
+        scheduler = _split_pipeline(instance, priority_levels=2 if case == "several priority levels" else 1)
+        if case == "depth 1":
+            scheduler._window.depth.depth = 1
+        first = asyncio.create_task(scheduler.submit(rows(0, n=4), ["y"], 4))
+        await _turns()
+        timeout = 5.0 if case == "a request with a timeout" else None
+        others = [asyncio.create_task(scheduler.submit(rows(i), ["y"], 1, timeout_s=timeout if i == 2 else None))
+                  for i in (1, 2, 3, 4)]
+        await _turns()
+        assert instance.handed == [[0] * 4] and scheduler.queued_requests == 4
+        instance.releases[0].set()
+        await first
+        await asyncio.sleep(0.1)  # the window may wait (within its 50 ms) for the rest of the loop
+        assert instance.handed == [[0] * 4, [1, 2, 3, 4]]
+        instance.releases[1].set()
+        await asyncio.gather(*others)
+    run(scenario)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Two checkouts of TensorGate, one bench point each, alternating round by round on a fresh server:
+# on a noisy machine only a ratio taken in the same minutes means anything.
+#
+#   benchmarks/ab_checkouts.sh BASE_DIR NEW_DIR [ROUNDS]
+#
+# BASE_DIR and NEW_DIR are source trees (e.g. `git archive HEAD | tar -x -C /tmp/base` and this
+# checkout), each served with this checkout's venv and PYTHONPATH set to the tree. Per round and
+# checkout it prints the bench line and the model's statistics over the point: mean µs per request
+# from dispatch to the instance's start (in), infer, end to answers delivered (out), queue, and the
+# seconds the instance computed (warm-up included). Environment: REPO (default /tmp/tg-anchor-ts, see
+# ../shared/anchors/README.md), MODEL (mlp), PROTO (rest-json), CONC (16), DUR (8 s), PORT (9100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+base=$(realpath "$1") new=$(realpath "$2") rounds=${3:-3}
+repo=${REPO:-/tmp/tg-anchor-ts} model=${MODEL:-mlp} proto=${PROTO:-rest-json} conc=${CONC:-16}
+dur=${DUR:-8} port=${PORT:-9100}
+python=$PWD/.venv/bin/python
+out=$(mktemp -d)
+
+stats() {
+  curl -sf "localhost:$port/v2/models/$model/stats" | "$python" -c '
+import json, sys
+d = json.load(sys.stdin)["model_stats"][0]
+i, n = d["inference_stats"], d["inference_stats"]["success"]["count"]
+busy = sum(b["compute_infer"]["ns"] for b in d["batch_stats"]) / 1e9
+print("in %.0f infer %.0f out %.0f queue %.0f µs, instance busy %.2f s" % (
+    *(i[k]["ns"] / n / 1e3 for k in ("compute_input", "compute_infer", "compute_output", "queue")), busy))'
+}
+
+for round in $(seq "$rounds"); do
+  for name in base new; do
+    tree=$base; [ "$name" = new ] && tree=$new
+    (cd "$tree" && PYTHONPATH=$tree exec "$python" -m gateway.cli serve --model-repo "$repo" --http-port "$port" \
+      --grpc-port $((port + 1)) --metrics-port $((port + 2)) --log-level warning) >"$out/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 120); do curl -sf "localhost:$port/v2/health/ready" >/dev/null && break; sleep 0.5; done
+    line=$("$python" -m benchmarks.cli --url "http://127.0.0.1:$port" --grpc-url "127.0.0.1:$((port + 1))" \
+      --server-pid "$pid" --model "$model" --protocol "$proto" --concurrency "$conc" --duration "$dur" --warmup 2 \
+      --no-offline --output-dir "$out" --name "$name-$round" 2>&1 | grep -E "req/s, " || true)
+    echo "round $round $name $(date +%T) load $(cut -d' ' -f1 /proc/loadavg): ${line# *} | $(stats)"
+    kill -TERM "$pid"
+    wait "$pid" || true
+  done
+done
