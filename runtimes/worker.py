@@ -71,6 +71,8 @@ from gateway.workers.arena import Arena
 from gateway.workers.ipc import CallFailed, Failure, Peer
 from gateway.workers.link import HELLO, socket_address
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter
+from runtimes.padding import PARAMETER as PADDING
+from runtimes.padding import gather_padded, padding_sizes, unpadded
 from runtimes.warmup import sample_arrays
 
 #: The adapter class for each platform, as "module:Class", imported on first use.
@@ -93,9 +95,11 @@ INLINE_BELOW_S = 200e-6
 class HostedModel:
     """One loaded model version: its adapter, its instances' threads and its scheduler."""
 
-    def __init__(self, spec: LoadModel, adapter: RuntimeAdapter) -> None:
+    def __init__(self, spec: LoadModel, adapter: RuntimeAdapter, padding: tuple[int, ...] = ()) -> None:
         self.spec = spec
         self.adapter = adapter
+        #: The sizes a batch is padded to (``parameters.pad_batches_to``; runtimes/padding.py).
+        self._padding = padding
         self.unloading = False
         self._pool = ThreadPoolExecutor(max_workers=spec.instances, thread_name_prefix=spec.key)
         options = spec.scheduling or SchedulerOptions(f"'{spec.model_name}'", spec.max_batch_size, spec.instances)
@@ -146,7 +150,11 @@ class HostedModel:
         started = time.monotonic_ns()
         name = self.spec.model_name
         try:
-            result = self.adapter.execute(gather(batch), outputs)
+            if self._padding:
+                inputs, rows = gather_padded(batch, self._padding)
+                result = unpadded(self.adapter.execute(inputs, outputs), rows)
+            else:
+                result = self.adapter.execute(gather(batch), outputs)
         except InvalidInput as exc:
             raise InvalidRequest(f"model '{name}': {exc}") from None
         except Exception as exc:
@@ -203,6 +211,12 @@ class Host:
 
     async def _load(self, spec: LoadModel) -> Signature | None:
         loop = asyncio.get_running_loop()
+        padding: tuple[int, ...] = ()
+        if PADDING in spec.parameters:
+            try:
+                padding = padding_sizes(spec.parameters[PADDING], spec.max_batch_size)
+            except ValueError as exc:
+                raise CallFailed(Failure("invalid", f"{spec.path}: parameters.{PADDING}: {exc}")) from None
         try:
             adapter, signature = await loop.run_in_executor(self._loader, _open, spec)
         except ModelLoadError as exc:
@@ -210,7 +224,7 @@ class Host:
         except Exception as exc:
             raise CallFailed(Failure("internal", f"{spec.path}: {type(exc).__name__}: {exc}")) from None
         previous = self.models.get(spec.key)
-        self.models[spec.key] = HostedModel(spec, adapter)
+        self.models[spec.key] = HostedModel(spec, adapter, padding)
         # A loaded model lives for good: keep its objects out of the cyclic collector's full passes,
         # which would otherwise stall this loop (and every frontend's answers) for milliseconds.
         gc.collect()

@@ -192,3 +192,20 @@ def offset_model(repo: Path, name: str, versions: tuple[int, ...] = (1,), config
     for version in versions:
         offset_version(repo, name, version)
     _write_config(repo / name, f"platform: onnx\nmax_batch_size: 4\n{config}")
+
+
+def rows_seen_model(repo: Path, name: str, config: str) -> None:
+    """``x`` FP32 [batch, 2] -> ``rows`` FP32 [batch, 2]: ``x`` plus the number of rows of the batch it
+    ran in, so a reply shows the size its batch was executed at (padding included)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Cast", ["batch"], ["batch_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "batch_f"], ["rows"]),
+    ]
+    initializers = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                    numpy_helper.from_array(np.array([1], np.int64), "one")]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 2])], initializers)
+    _save(graph, repo / name / "1" / "model.onnx")
+    _write_config(repo / name, f"platform: onnx\n{config}")

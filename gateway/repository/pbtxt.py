@@ -65,6 +65,7 @@ PARAMETER_NAMES: dict[str, str] = {
     "inter_op_threads": "inter_op_threads",
     "signature_name": "signature_name",
     "raw_quantized": "raw_quantized",
+    "pad_batches_to": "pad_batches_to",
     "intra_op_thread_count": "intra_op_threads",
     "inter_op_thread_count": "inter_op_threads",
     "INTRA_OP_THREAD_COUNT": "intra_op_threads",

@@ -235,6 +235,11 @@ def test_raw_quantized_parameter(tmp_path: Path) -> None:
     assert _load(tmp_path, text).parameters == {"raw_quantized": "true"}
 
 
+def test_pad_batches_to_parameter(tmp_path: Path) -> None:
+    text = ONNX + 'parameters { key: "pad_batches_to" value { string_value: "1,4,8" } }\n'
+    assert _load(tmp_path, text).parameters == {"pad_batches_to": "1,4,8"}
+
+
 def test_signature_name_parameter(tmp_path: Path) -> None:
     text = 'backend: "tensorflow"\nparameters { key: "signature_name" value { string_value: "predict" } }\n'
     assert _load(tmp_path, text).parameters == {"signature_name": "predict"}
