@@ -3,10 +3,10 @@
 A framework's CPU kernels choose their path by the number of rows, so a batch can cost more than a
 bigger one: the anchors' MLP (TorchScript, one thread) takes 3.16 ms for 3 rows and 2.09 ms for 4,
 and 2.92 ms for 7 rows against 2.68 ms for 8 (benchmarks/results/serving-path.md). With
-``pad_batches_to: "1,4,8,12,16"`` a batch of n rows runs as the smallest listed size at or above n
-(list 1 to keep lone requests as they are):
+``pad_batches_to: "1,4,8,12,16"`` a batch of n rows runs as the smallest listed size at or above n:
 zero rows are appended in the same copy that gathers the batch, and their outputs are dropped
-before anyone sees them. A batch above the largest size runs as it is. Which sizes pay depends on
+before anyone sees them. A batch above the largest size runs as it is (list 1 to keep lone
+requests as they are). Which sizes pay depends on
 the model and the machine: measure first (``tensorgate bench`` prints the offline time of every
 batch size). Rows must be independent of each other, which dynamic batching assumes anyway.
 """
@@ -40,23 +40,27 @@ def padded_size(rows: int, sizes: tuple[int, ...]) -> int:
     return sizes[index] if index < len(sizes) else rows
 
 
-def gather_padded(batch: list[Inputs], sizes: tuple[int, ...]) -> tuple[Inputs, int]:
-    """The batch's inputs gathered (and padded with zero rows when a listed size fits), and its real rows."""
+def gather_padded(batch: list[Inputs], sizes: tuple[int, ...]) -> tuple[Inputs, int, int]:
+    """The batch's inputs gathered (padded with zero rows when a listed size fits), its real rows and
+    the rows it runs at."""
     first = next(iter(batch[0]))
     rows = sum(inputs[first].shape[0] for inputs in batch)
     size = padded_size(rows, sizes)
     if size == rows:
-        return gather(batch), rows
+        return gather(batch), rows, size
     gathered = {}
     for name in batch[0]:
         parts = [inputs[name] for inputs in batch]
         filler = b"" if parts[0].dtype == object else 0
         parts.append(np.full((size - rows, *parts[0].shape[1:]), filler, dtype=parts[0].dtype))
         gathered[name] = np.concatenate(parts)
-    return gathered, rows
+    return gathered, rows, size
 
 
-def unpadded(outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """The outputs of the real rows only (views)."""
-    return {name: array[:rows] if array.ndim and array.shape[0] > rows else array
+def unpadded(outputs: dict[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
+    """The real rows of outputs computed for ``size`` rows (views). An output of another length is left
+    as it is, so the scheduler still refuses it as it would without padding."""
+    if size == rows:
+        return outputs
+    return {name: array[:rows] if array.ndim and array.shape[0] == size else array
             for name, array in outputs.items()}

@@ -151,8 +151,8 @@ class HostedModel:
         name = self.spec.model_name
         try:
             if self._padding:
-                inputs, rows = gather_padded(batch, self._padding)
-                result = unpadded(self.adapter.execute(inputs, outputs), rows)
+                inputs, rows, size = gather_padded(batch, self._padding)
+                result = unpadded(self.adapter.execute(inputs, outputs), rows, size)
             else:
                 result = self.adapter.execute(gather(batch), outputs)
         except InvalidInput as exc:
