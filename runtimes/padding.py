@@ -48,13 +48,9 @@ def gather_padded(batch: list[Inputs], sizes: tuple[int, ...]) -> tuple[Inputs, 
     size = padded_size(rows, sizes)
     if size == rows:
         return gather(batch), rows, size
-    gathered = {}
-    for name in batch[0]:
-        parts = [inputs[name] for inputs in batch]
-        filler = b"" if parts[0].dtype == object else 0
-        parts.append(np.full((size - rows, *parts[0].shape[1:]), filler, dtype=parts[0].dtype))
-        gathered[name] = np.concatenate(parts)
-    return gathered, rows, size
+    zeros = {name: np.full((size - rows, *array.shape[1:]), b"" if array.dtype == object else 0, dtype=array.dtype)
+             for name, array in batch[0].items()}
+    return gather([*batch, zeros]), rows, size
 
 
 def unpadded(outputs: dict[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
