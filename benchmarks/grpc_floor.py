@@ -79,6 +79,7 @@ class H2Connection(asyncio.Protocol):
         self.headers: dict[int, bytearray] = {}
         self.paths: dict[int, bytes] = {}
         self.bodies: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
         self.unacked = 0
         self.message = struct.pack(">BI", 0, len(reply)) + reply
         self.transport: asyncio.Transport | None = None
@@ -135,14 +136,17 @@ class H2Connection(asyncio.Protocol):
                     payload = payload[1 : len(payload) - payload[0]]
                 if flags & PRIORITY:
                     payload = payload[5:]
+                if flags & END_STREAM:
+                    self.ended.add(stream)  # once its header block is complete (CONTINUATION may follow)
             block = self.headers.setdefault(stream, bytearray())
             block += payload
             if flags & END_HEADERS:
                 for name, value in self.decoder.decode(bytes(self.headers.pop(stream)), raw=True):
                     if name == b":path":
                         self.paths[stream] = value
-            if kind == HEADERS and flags & END_STREAM:
-                self._answer(stream, out)
+                if stream in self.ended:
+                    self.ended.discard(stream)
+                    self._answer(stream, out)
         elif kind == SETTINGS and not flags & ACK:
             out.append(frame(SETTINGS, ACK, 0, b""))
         elif kind == PING and not flags & ACK:
