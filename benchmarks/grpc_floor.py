@@ -25,7 +25,6 @@ from ``/proc`` over the measured window, rounds alternating between the servers:
 import argparse
 import asyncio
 import multiprocessing
-import os
 import socket
 import struct
 import time
@@ -33,10 +32,12 @@ from typing import Any, cast
 
 import numpy as np
 
+from benchmarks.system import cpu_seconds
+
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types and flags (RFC 9113).
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 FRAME = struct.Struct(">HBBBI")  # length as 16 + 8 bits, type, flags, stream id
 
@@ -123,7 +124,7 @@ class H2Connection(asyncio.Protocol):
         if kind == DATA:
             if flags & PADDED:
                 payload = payload[1 : len(payload) - payload[0]]
-            self.bodies.setdefault(stream, bytearray()).extend(payload)
+            self.bodies.setdefault(stream, bytearray()).extend(payload)  # assembled, as a server must; unread
             self.unacked += len(payload)
             if self.unacked > 1 << 20:
                 out.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked)))
@@ -201,12 +202,6 @@ def serve_aio(port: int, ready: Any) -> None:
     uvloop.run(main())
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load(port: int, concurrency: int, warmup: float, duration: float, server_pid: int, result: Any) -> None:
     """tritonclient.grpc.aio calls, ``concurrency`` in flight; puts (calls/s, server CPU µs/call)."""
     import tritonclient.grpc.aio as grpcclient
@@ -215,6 +210,7 @@ def load(port: int, concurrency: int, warmup: float, duration: float, server_pid
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         tensor = grpcclient.InferInput("INPUT__0", [1, 784], "FP32")
         tensor.set_data_from_numpy(np.random.default_rng(0).random((1, 784), dtype=np.float32))
+        expected = np.arange(10, dtype=np.float32).reshape(1, 10)  # what canned_reply() holds
         calls = 0
         measuring = False
         stop = time.monotonic() + warmup + duration
@@ -223,7 +219,8 @@ def load(port: int, concurrency: int, warmup: float, duration: float, server_pid
             nonlocal calls
             while time.monotonic() < stop:
                 answer = await client.infer("mlp", [tensor])
-                assert answer.as_numpy("OUTPUT__0").shape == (1, 10)
+                if not np.array_equal(answer.as_numpy("OUTPUT__0"), expected):
+                    raise AssertionError(f"wrong answer: {answer.as_numpy('OUTPUT__0')}")
                 if measuring:
                     calls += 1
 
@@ -233,6 +230,7 @@ def load(port: int, concurrency: int, warmup: float, duration: float, server_pid
         await asyncio.sleep(duration)
         measuring = False
         cpu1, t1 = cpu_seconds(server_pid), time.monotonic()
+        assert cpu0 is not None and cpu1 is not None, "the server process is gone"
         counted = calls
         await asyncio.gather(*tasks)
         await client.close()
@@ -254,6 +252,9 @@ def point(kind: str, port: int, args: argparse.Namespace) -> tuple[float, float]
                                                     result))
         client.start()
         client.join(args.warmup + args.duration + 60)
+        if client.exitcode != 0:
+            raise RuntimeError(f"the load against the {kind} server failed (exit code {client.exitcode}; "
+                               "its traceback is above)")
         rate, cpu = result.get(timeout=5)
         return float(rate), float(cpu)
     finally:
