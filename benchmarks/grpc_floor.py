@@ -1,4 +1,4 @@
-"""What one unary gRPC call costs a Python server that does no work: grpc.aio against a bare HTTP/2 loop.
+"""What one unary gRPC call costs a Python server that does no work: grpc.aio, ours, a bare HTTP/2 loop.
 
 The gRPC frontend's cost per call is mostly grpc.aio's own (benchmarks/results/serving-path.md,
 "gRPC frontend cost"). Before anyone writes a gRPC server of our own, this measures the floor of
@@ -19,7 +19,8 @@ from ``/proc`` over the measured window, rounds alternating between the servers:
 
     .venv/bin/python -m benchmarks.grpc_floor --rounds 3 --concurrency 16 --duration 6
 
-``hpack`` comes with ``tensorgate[bench]``; only this benchmark uses it.
+- ``native``: TensorGate's own gRPC server (``gateway.grpc.native``) with the same generic handler:
+  what the bare loop's floor becomes once it is a server (flow control, deadlines, a context per call).
 """
 
 import argparse
@@ -202,6 +203,33 @@ def serve_aio(port: int, ready: Any) -> None:
     uvloop.run(main())
 
 
+def serve_native(port: int, ready: Any) -> None:
+    import grpc
+    import uvloop
+
+    from gateway.grpc.native.server import NativeServer
+
+    async def main() -> None:
+        reply = canned_reply()
+
+        async def infer(request: bytes, context: Any) -> bytes:
+            return reply
+
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
+        server = NativeServer(1 << 20)
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+SERVERS = {"aio": serve_aio, "native": serve_native, "h2": serve_h2}
+
+
 def load(port: int, concurrency: int, warmup: float, duration: float, server_pid: int, result: Any) -> None:
     """tritonclient.grpc.aio calls, ``concurrency`` in flight; puts (calls/s, server CPU µs/call)."""
     import tritonclient.grpc.aio as grpcclient
@@ -242,7 +270,7 @@ def load(port: int, concurrency: int, warmup: float, duration: float, server_pid
 def point(kind: str, port: int, args: argparse.Namespace) -> tuple[float, float]:
     context = multiprocessing.get_context("spawn")
     ready, result = context.Event(), context.Queue()
-    server = context.Process(target=serve_h2 if kind == "h2" else serve_aio, args=(port, ready), daemon=True)
+    server = context.Process(target=SERVERS[kind], args=(port, ready), daemon=True)
     server.start()
     try:
         if not ready.wait(30):
@@ -272,14 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = []
     for number in range(1, args.rounds + 1):
-        for kind in ("aio", "h2"):
+        for kind in SERVERS:
             rate, cpu = point(kind, args.port, args)
             rows.append((number, kind, rate, cpu))
-            print(f"round {number} {kind:3}: {rate:8,.0f} calls/s, server CPU {cpu:5.0f} µs/call", flush=True)
+            print(f"round {number} {kind:6}: {rate:8,.0f} calls/s, server CPU {cpu:5.0f} µs/call", flush=True)
     print(f"\n| round | server | calls/s (c{args.concurrency}) | server CPU µs/call |\n|---:|---|---:|---:|")
     for number, kind, rate, cpu in rows:
         print(f"| {number} | {kind} | {rate:,.0f} | {cpu:.0f} |")
-    for kind in ("aio", "h2"):
+    for kind in SERVERS:
         cpus = sorted(r[3] for r in rows if r[1] == kind)
         rates = sorted(r[2] for r in rows if r[1] == kind)
         print(f"median {kind}: {rates[len(rates) // 2]:,.0f} calls/s, {cpus[len(cpus) // 2]:.0f} µs/call")

@@ -79,10 +79,10 @@ class Frontend:
                                keep_alive_s=30, access_log=access, guard=RestGuard(policy, cors_from(settings)))
         self.health = health_server(self.plane) if settings.health_port else None
         files = TlsFiles.from_settings(settings)
-        self.tls = None if files is None else FrontendTls(files)
+        self.tls = None if files is None else FrontendTls(files, settings.grpc_server)
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
-                                       self.shm, None if self.tls is None else self.tls.grpc.credentials, access,
-                                       self.tracing, [AccessInterceptor(policy)])
+                                       self.shm, settings.grpc_server, None if self.tls is None else self.tls.grpc,
+                                       access, self.tracing, [AccessInterceptor(policy)])
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 

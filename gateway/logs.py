@@ -93,6 +93,8 @@ def configure(level: str, log_format: str = "text", process: str = "supervisor")
     # What no line shows is not gathered per record (the logging HOWTO's "Optimization").
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.captureWarnings(True)
+    # hpack logs every header block it decodes at debug, header values (API keys) included: never shown.
+    logging.getLogger("hpack").setLevel(logging.WARNING)
     log = logging.getLogger("tensorgate.uncaught")
 
     def uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

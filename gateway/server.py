@@ -268,7 +268,7 @@ async def serve(settings: Settings, policy: AccessPolicy | None = None) -> int:
         metrics_task = asyncio.create_task(metrics_server.serve())
     log_event(log, "listening", host=settings.host, http_port=settings.http_port, grpc_port=settings.grpc_port,
               metrics_port=settings.metrics_port, health_port=settings.health_port, frontends=settings.frontends,
-              tls=tls is not None, mtls=settings.tls_client_ca is not None)
+              grpc_server=settings.grpc_server, tls=tls is not None, mtls=settings.tls_client_ca is not None)
 
     await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():

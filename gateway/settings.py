@@ -137,6 +137,9 @@ class Settings(BaseSettings):
         default_factory=default_frontends,
         description="frontend processes sharing the REST and gRPC ports, doing the protocol work "
                     "(default: one per two CPUs, 1 to 8)")
+    grpc_server: Annotated[Literal["aio", "native"], Choice] = Field(
+        "native", description="the gRPC port's server: native (TensorGate's own HTTP/2 on the frontend's event "
+                              "loop, a fraction of grpc.aio's CPU per call: docs/decisions.md) or aio (grpc.aio)")
     strict_readiness: bool = Field(
         True, description="true: /v2/health/ready only when every model is ready; false: ready once the first "
                           "load of every model has finished, whatever its outcome (per-model readiness tells the "

@@ -182,13 +182,14 @@ class ReloadingContext:
     rotated CA is honoured too, not merely added. Established connections are not touched.
     """
 
-    def __init__(self, material: TlsMaterial) -> None:
-        self.context = server_context(material)
+    def __init__(self, material: TlsMaterial, alpn: tuple[str, ...] = ("http/1.1",)) -> None:
+        self._alpn = alpn
+        self.context = server_context(material, alpn)
         self._current = self.context
         self.context.sni_callback = self._select
 
     def update(self, material: TlsMaterial) -> None:
-        self._current = server_context(material)
+        self._current = server_context(material, self._alpn)
 
     def _select(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         current = self._current
@@ -268,10 +269,12 @@ class TlsWatcher:
 
 
 class FrontendTls:
-    """A frontend's TLS: the REST context and the gRPC credentials, reloaded together by one watcher."""
+    """A frontend's TLS: the REST context and the gRPC port's (grpc.aio credentials, or the native
+    server's context offering h2), reloaded together by one watcher."""
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, grpc_server: str = "aio") -> None:
         material = load(files)
         self.rest = ReloadingContext(material)
-        self.grpc = ReloadingGrpcCredentials(material)
+        self.grpc: ReloadingGrpcCredentials | ReloadingContext = (
+            ReloadingContext(material, ("h2",)) if grpc_server == "native" else ReloadingGrpcCredentials(material))
         self.watcher = TlsWatcher(files, material, [self.rest.update, self.grpc.update])

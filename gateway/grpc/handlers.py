@@ -9,9 +9,9 @@ call when the access log is on (``gateway.access_log``); when it is off nothing 
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -34,7 +34,15 @@ class _Capture:
         self.handlers[service] = handlers
 
 
-def add_servicer(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any,
+class HandlerRegistry(Protocol):
+    """What a gRPC server offers to register handlers: grpc.aio.Server and the native server alike."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None: ...
+
+
+def add_servicer(server: HandlerRegistry, add_to_server: Callable[[Any, Any], None], servicer: Any,
                  access: AccessLog | None) -> None:
     """Register ``servicer`` as the generated ``add_to_server`` would, with each method wrapped."""
     capture = _Capture()

@@ -7,7 +7,7 @@ TensorGateError to its status code; nothing here knows a framework.
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf import json_format
@@ -19,15 +19,19 @@ from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
 from gateway.grpc.handlers import add_servicer
+from gateway.grpc.native.server import NativeServer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
 from gateway.protocol.system_shm import SystemSharedMemory
 from gateway.protocol.types import InferRequest
 from gateway.tfserving.grpc_servicer import add_tfserving_services
+from gateway.tls import ReloadingContext, ReloadingGrpcCredentials
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from gateway.tracing import InferSpan, Tracing
 
+#: Either gRPC server: they register handlers and start and stop alike.
+GrpcServer: TypeAlias = grpc.aio.Server | NativeServer
 SERVICE_NAME = "inference.GRPCInferenceService"
 CUDA_SHM_UNSUPPORTED = Unsupported(
     "CUDA shared memory is not supported on this server; use system shared memory (SystemSharedMemoryRegister)"
@@ -237,29 +241,38 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
-                       credentials: grpc.ServerCredentials | None = None,
+                       kind: str = "aio", tls: "ReloadingGrpcCredentials | ReloadingContext | None" = None,
                        access_log: AccessLog | None = None, tracing: "Tracing | None" = None,
-                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
-    """A grpc.aio server with every service bound to ``address`` (not started).
+                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> "GrpcServer":
+    """A gRPC server with every service bound to ``address`` (not started).
 
-    ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
-    ``credentials``: TLS (see ``gateway.tls``), else plaintext. Every v2 and health method decodes its
-    own request (INVALID_ARGUMENT when it does not parse) and writes its access line when
-    ``access_log`` is given (``gateway.grpc.handlers``); ``tracing``: trace inference requests;
+    ``kind``: ``aio`` (grpc.aio) or ``native`` (``gateway.grpc.native``: the same handlers over our own
+    HTTP/2). ``shm`` is the system shared-memory registry (by default the one REST shares for ``plane``);
+    ``tls``: the reloading TLS of ``gateway.tls`` for that kind, else plaintext. Every v2 and health
+    method decodes its own request (INVALID_ARGUMENT when it does not parse) and writes its access line
+    when ``access_log`` is given (``gateway.grpc.handlers``); ``tracing``: trace inference requests;
     ``interceptors`` see every call first (``gateway.grpc.access``).
     """
-    server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # Every frontend process binds the same port; the kernel spreads connections over them.
-        ("grpc.so_reuseport", 1),
-    ])
+    server: GrpcServer
+    if kind == "native":
+        server = NativeServer(max_message_bytes, interceptors)
+    else:
+        server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Every frontend process binds the same port; the kernel spreads connections over them.
+            ("grpc.so_reuseport", 1),
+        ])
     add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm, tracing),
                  access_log)
     add_servicer(server, health_pb2_grpc.add_HealthServicer_to_server, HealthServicer(plane), access_log)
     add_tfserving_services(server, plane, access_log)
-    if credentials is None:
+    if tls is None:
         server.add_insecure_port(address)
+    elif isinstance(server, NativeServer):
+        assert isinstance(tls, ReloadingContext), "the native server takes an SSLContext"
+        server.add_secure_port(address, tls.context)
     else:
-        server.add_secure_port(address, credentials)
+        assert isinstance(tls, ReloadingGrpcCredentials), "grpc.aio takes server credentials"
+        server.add_secure_port(address, tls.credentials)
     return server

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from gateway.access_log import AccessLog
 from gateway.dataplane import DataPlane
-from gateway.grpc.handlers import add_servicer
+from gateway.grpc.handlers import HandlerRegistry, add_servicer
 from gateway.protocol.errors import InvalidRequest, TensorGateError
 from gateway.tfserving import predict
 from gateway.tfserving.generated import tf_serving_apis_pb2 as pb
@@ -103,7 +103,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):  # type: ignore[misc]  # gene
         return json_format.ParseDict(document, pb.GetModelStatusResponse())
 
 
-def add_tfserving_services(server: grpc.aio.Server, plane: DataPlane, access_log: AccessLog | None = None) -> None:
+def add_tfserving_services(server: HandlerRegistry, plane: DataPlane, access_log: AccessLog | None = None) -> None:
     """Serve TF Serving's two services from ``server`` (beside the v2 service, on the same port), decoding
     and logging each call as the v2 methods are (``gateway.grpc.handlers``)."""
     add_servicer(server, pb_grpc.add_PredictionServiceServicer_to_server, PredictionServicer(plane), access_log)

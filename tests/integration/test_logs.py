@@ -160,8 +160,10 @@ def _wrk(server: ServerProcess, script: Path) -> None:
 
 @pytest.fixture(scope="module")
 def text_server(repo: Path) -> Iterator[tuple[ServerProcess, str]]:
+    # grpc.aio on the gRPC port: its debug logging is the other library whose lines this module checks.
+    # The json server runs the default server (native), so the access lines are checked on both.
     server = ServerProcess(repo, ["--log-level", "debug", "--log-format", "text", "--access-log",
-                                  "--metrics-compat", "triton"])
+                                  "--metrics-compat", "triton", "--grpc-server", "aio"])
     server.start(timeout=120)
     try:
         _traffic(server)
