@@ -468,6 +468,22 @@ def test_invocation_metadata_reaches_the_server(stub: pb_grpc.GRPCInferenceServi
         assert message in (info.value.details() or "")
 
 
+def test_each_call_is_judged_by_its_own_metadata_when_header_blocks_repeat(
+        stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """One connection, the key alternating between right and wrong: once both are in the client's HPACK
+    table each call's header block repeats byte for byte, and a server that reuses what it decoded (the
+    native one does) must still tell them apart (reuse across a changed table: tests/unit/test_grpc_header_cache.py)."""
+    request = pb.ModelStatisticsRequest(name="flat_identity")
+    wrong = secrets.token_hex(16)
+    for turn in range(4):
+        assert stub.ModelStatistics(request, metadata=((KEY_HEADER, API_KEY),), timeout=WAIT_S).model_stats
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelStatistics(request, metadata=((KEY_HEADER, wrong),), timeout=WAIT_S)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, turn
+        if turn == 1:  # a third value enters the table mid-way
+            wrong = secrets.token_hex(16)
+
+
 # --- 11: bytes that are not gRPC ------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import base64
 import collections
 import logging
 import socket
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import grpc
 import hpack
@@ -42,6 +42,8 @@ CONNECTION_WINDOW = 1 << 26
 MAX_HEADER_LIST = 16 * 1024
 #: What the connection decodes at all (a header block, and the headers it expands to); past it, GOAWAY.
 MAX_HEADER_BLOCK = 1 << 20
+#: Decoded header blocks a connection keeps (``Connection.decode_head``).
+MAX_CACHED_HEADS = 64
 #: Headers that are not the call's metadata (grpc's own, and HTTP's).
 _RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
                        b"user-agent"))
@@ -153,6 +155,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
+        self.heads: dict[bytes, RequestHead] = {}
         self.buffer = bytearray()
         self.preface = False
         self.settled = False  # the client's first SETTINGS frame has arrived
@@ -342,10 +345,7 @@ class Connection(asyncio.Protocol):
             self.continuing = (stream_id, flags, bytearray(payload))
 
     def _header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        try:
-            headers = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
-        except hpack.HPACKError as exc:
-            raise _ConnectionError(wire.COMPRESSION_ERROR, f"the header block does not decode: {exc}") from None
+        head = self.decode_head(block)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end the stream
             if not flags & wire.END_STREAM:
@@ -358,49 +358,51 @@ class Connection(asyncio.Protocol):
         if self.going_away or len(self.streams) >= MAX_STREAMS:
             self.out.append(wire.rst_stream(stream_id, wire.REFUSED_STREAM))
             return
-        self._open(flags, stream_id, headers)
+        self._open(flags, stream_id, head)
 
-    def _open(self, flags: int, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
-        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113, 6.5.2
-        if size > MAX_HEADER_LIST:
+    def decode_head(self, block: bytes) -> RequestHead:
+        """The header block decoded, from the cache when these bytes decoded before in the same table state.
+
+        A client sends the same bytes for every call once its headers are in the dynamic table (gRPC's
+        all do), and decoding them again would give the same headers and change nothing. A block that
+        changed the table is not cached, and empties the cache: every entry was decoded in the old state.
+        """
+        head = self.heads.get(block)
+        if head is not None:
+            return head
+        table = self.decoder.header_table
+        before = table.maxsize, table.dynamic_entries[0] if table.dynamic_entries else None
+        try:
+            headers = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
+        except hpack.HPACKError as exc:
+            raise _ConnectionError(wire.COMPRESSION_ERROR, f"the header block does not decode: {exc}") from None
+        head = _parse(headers)
+        if table.maxsize != before[0] or (table.dynamic_entries[0] if table.dynamic_entries else None) is not before[1]:
+            self.heads.clear()
+        else:
+            if len(self.heads) >= MAX_CACHED_HEADS:  # blocks that differ every call (grpc-timeout): no growth
+                self.heads.clear()
+            self.heads[block] = head
+        return head
+
+    def _open(self, flags: int, stream_id: int, head: RequestHead) -> None:
+        if head.size > MAX_HEADER_LIST:
             self.out.append(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id, wire.RESPONSE_HEADERS
                                   + wire.status_block(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                                                      f"the request's headers are {size} bytes, more than the "
+                                                      f"the request's headers are {head.size} bytes, more than the "
                                                       f"limit of {MAX_HEADER_LIST}")))
             if not flags & wire.END_STREAM:
                 self.out.append(wire.rst_stream(stream_id, wire.NO_ERROR))
             return
-        method = path = content_type = b""
-        timeout: float | None = None
-        encoding = ""
-        metadata: list[tuple[str, str | bytes]] = []
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                elif name == b":method":
-                    method = value
-            elif name in _RESERVED:
-                if name == b"content-type":
-                    content_type = value
-                elif name == b"grpc-timeout":
-                    timeout = wire.timeout_seconds(value.decode("latin-1"))
-                elif name == b"grpc-encoding":
-                    encoding = value.decode("latin-1")
-            elif name.endswith(b"-bin"):
-                metadata.append((name.decode("latin-1"), _unbase64(value)))
-            else:
-                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+        if head.method != b"POST" or not head.content_type.startswith(b"application/grpc"):
             # Not a gRPC call: 405 for a method other than POST, 415 for another content type.
-            status = b"405" if method != b"POST" else b"415"
+            status = b"405" if head.method != b"POST" else b"415"
             self.out.append(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id,
                                   wire.literal(b":status", status)))
             if not flags & wire.END_STREAM:
                 self.out.append(wire.rst_stream(stream_id, wire.NO_ERROR))
             return
-        stream = Stream(stream_id, path.decode("latin-1"), tuple(metadata), timeout, encoding,
-                        self.peer_stream_window)
+        stream = Stream(stream_id, head.path, head.metadata, head.timeout, head.encoding, self.peer_stream_window)
         stream.remote_closed = bool(flags & wire.END_STREAM)
         self.streams[stream_id] = stream
         self.dispatcher.start_call(self, stream)
@@ -605,6 +607,44 @@ class Connection(asyncio.Protocol):
         self.buffer.clear()
         if self.transport is not None:
             self.transport.close()
+
+
+class RequestHead(NamedTuple):
+    """What a call's header block says, as the connection uses it."""
+
+    size: int  # as HPACK counts a header list (RFC 9113, 6.5.2)
+    method: bytes
+    content_type: bytes
+    path: str
+    metadata: Metadata
+    timeout: float | None
+    encoding: str
+
+
+def _parse(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    method = path = content_type = b""
+    timeout: float | None = None
+    encoding = ""
+    metadata: list[tuple[str, str | bytes]] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+        elif name in _RESERVED:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = wire.timeout_seconds(value.decode("latin-1"))
+            elif name == b"grpc-encoding":
+                encoding = value.decode("latin-1")
+        elif name.endswith(b"-bin"):
+            metadata.append((name.decode("latin-1"), _unbase64(value)))
+        else:
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    size = sum(len(name) + len(value) + 32 for name, value in headers)
+    return RequestHead(size, method, content_type, path.decode("latin-1"), tuple(metadata), timeout, encoding)
 
 
 class _ConnectionError(Exception):
