@@ -18,7 +18,8 @@ import contextlib
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote
 
 import grpc
 import httpx
@@ -56,8 +57,8 @@ SECRETS.add(API_KEY)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 # HTTP/2 frame types and error codes (RFC 9113, sections 6 and 7).
-HEADERS, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0x1, 0x4, 0x6, 0x7, 0x8
-ACK, END_HEADERS = 0x1, 0x4
+DATA, HEADERS, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x7, 0x8, 0x9
+ACK, END_STREAM, END_HEADERS = 0x1, 0x1, 0x4
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 0x1, 0x3, 0x6, 0x9
 UNKNOWN_FRAME_TYPE = 0xFA
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -392,6 +393,68 @@ def test_an_oversized_message_is_resource_exhausted_and_the_connection_serves_on
             await stream.close()
 
     _run(main)
+
+
+def test_a_long_error_message_arrives_whole(transport_server: ServerProcess) -> None:
+    """The trailers of a NOT_FOUND naming a 20,000-character model, read by a client whose metadata limit
+    allows it (grpc's client advertises frames large enough for them to travel in one)."""
+    name = "m" * 20_000
+    request = pb.ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(bytes(4))
+    options = [("grpc.max_metadata_size", 1 << 20)]
+    with grpc.insecure_channel(transport_server.grpc_address, options=options) as channel, \
+            pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=WAIT_S)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value
+    assert f"unknown model '{name}'" in (info.value.details() or "")
+    _serves(transport_server)
+
+
+def test_trailers_larger_than_the_clients_frame_size_come_in_continuation_frames(
+        transport_server: ServerProcess) -> None:
+    """A client that keeps the default 16 KiB SETTINGS_MAX_FRAME_SIZE (raw socket, HPACK by ``hpack``): the
+    20 KiB trailers of a NOT_FOUND come as HEADERS and CONTINUATION frames, none larger than 16 KiB, and the
+    block they make decodes to the status and the whole message."""
+    import hpack
+
+    name = "m" * 20_000
+    request = pb.ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(bytes(4))
+    body = request.SerializeToString()
+    headers = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                      (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                      ("content-type", "application/grpc"), ("te", "trailers")])
+    message = b"\x00" + len(body).to_bytes(4, "big") + body
+    half = len(message) // 2  # two DATA frames: each within the 16 KiB a frame may have
+    with _connect(transport_server) as sock:
+        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, headers)
+                     + _frame(DATA, 0, 1, message[:half]) + _frame(DATA, END_STREAM, 1, message[half:]))
+        blocks: list[bytes] = []
+        kinds: list[int] = []
+        while True:
+            frame = _read_frame(sock)
+            assert frame is not None, f"the connection closed before the stream ended: {kinds}"
+            kind, flags, stream, payload = frame
+            if kind == SETTINGS and not flags & ACK:
+                sock.sendall(_frame(SETTINGS, ACK, 0))
+            if stream != 1 or kind not in (HEADERS, CONTINUATION):
+                continue
+            assert len(payload) <= DEFAULT_MAX_FRAME_SIZE
+            if kind == HEADERS:
+                blocks.append(b"")
+                ends = bool(flags & END_STREAM)
+            kinds.append(kind)
+            blocks[-1] += payload
+            if flags & END_HEADERS and ends:
+                break
+    assert CONTINUATION in kinds, kinds
+    decoder = hpack.Decoder(max_header_list_size=1 << 20)
+    fields = [dict(cast(list[tuple[str, str]], decoder.decode(block))) for block in blocks][-1]
+    assert fields["grpc-status"] == "5", fields.get("grpc-status")
+    assert f"unknown model '{name}'" in unquote(fields["grpc-message"])
+    _serves(transport_server)
 
 
 # --- 9: streams -----------------------------------------------------------------------------------------

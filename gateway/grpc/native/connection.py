@@ -477,11 +477,11 @@ class Connection(asyncio.Protocol):
         stream.trailers = trailers
         self._pump(stream)
 
-    def send_headers(self, stream: Stream, metadata: bytes = b"") -> None:
+    def send_headers(self, stream: Stream) -> None:
         if stream.headers_sent or stream.local_closed or self.closed:
             return
         stream.headers_sent = True
-        self._queue(self._header_frames(stream.id, wire.RESPONSE_HEADERS + metadata, False))
+        self._queue(self._header_frames(stream.id, wire.RESPONSE_HEADERS, False))
 
     def send_message(self, stream: Stream, message: bytes) -> None:
         if stream.local_closed or self.closed:

@@ -3,14 +3,13 @@
 The servicers (``gateway.grpc.servicer``, ``gateway.tfserving.grpc_servicer``) and the method
 wrappers (``gateway.grpc.handlers``, ``gateway.grpc.access``) use ``abort``, ``code``,
 ``invocation_metadata``, ``peer`` and ``time_remaining``; the generated base classes use
-``set_code``/``set_details``. Those, and the trailing and initial metadata a servicer may set, are
-what this context has; it is handed to the same handlers grpc.aio would run.
+``set_code``/``set_details``. That is all this context has (no trailing or initial metadata: no
+servicer of ours sets any); it is handed to the same handlers grpc.aio would run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
@@ -26,7 +25,7 @@ class Aborted(Exception):
 
 
 class NativeContext:
-    __slots__ = ("_code", "_connection", "_deadline", "_details", "_stream", "_trailing")
+    __slots__ = ("_code", "_connection", "_deadline", "_details", "_stream")
 
     def __init__(self, connection: Connection, stream: Stream, deadline: float | None) -> None:
         self._connection = connection
@@ -34,14 +33,11 @@ class NativeContext:
         self._deadline = deadline
         self._code: grpc.StatusCode | None = None
         self._details = ""
-        self._trailing: Metadata = ()
 
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> NoReturn:
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         if code == grpc.StatusCode.OK:
             raise ValueError("abort with OK: a call that succeeded returns its answer")
         self._code, self._details = code, details
-        if trailing_metadata:
-            self._trailing = tuple(trailing_metadata)
         raise Aborted(details)
 
     def set_code(self, code: grpc.StatusCode) -> None:
@@ -52,9 +48,6 @@ class NativeContext:
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
-
-    def details(self) -> str:
-        return self._details
 
     def invocation_metadata(self) -> Metadata:
         return self._stream.metadata
@@ -67,22 +60,10 @@ class NativeContext:
             return None
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
-    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        self._trailing = tuple(metadata)
-
-    def trailing_metadata(self) -> Metadata:
-        return self._trailing
-
-    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        self._connection.send_headers(self._stream, wire.metadata_block(tuple(metadata)))
-
-    def cancelled(self) -> bool:
-        return self._stream.failure is not None and self._stream.failure.code == "CANCELLED"
-
     def trailers(self, code: grpc.StatusCode | None = None, details: str | None = None) -> bytes:
         """The trailer block the call ends with: the code given, else the one set (OK when none)."""
         code = code or self._code or grpc.StatusCode.OK
         details = self._details if details is None else details
-        if code == grpc.StatusCode.OK and not details and not self._trailing:
+        if code == grpc.StatusCode.OK and not details:
             return wire.OK_TRAILERS
-        return wire.status_block(code.value[0], details) + wire.metadata_block(self._trailing)
+        return wire.status_block(code.value[0], details)

@@ -18,11 +18,10 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 # Error codes (RFC 9113, 7).
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
-ENHANCE_YOUR_CALM = 0xB
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x5, 0x6, 0x7, 0x9, 0xB
 # Settings identifiers.
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 0x1, 0x2, 0x3, 0x4
+MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 0x3, 0x4
 MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 0x5, 0x6
 
 DEFAULT_WINDOW = 65_535
@@ -81,21 +80,6 @@ RESPONSE_HEADERS = b"\x88" + literal(b"content-type", b"application/grpc") + \
     literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
 #: The trailers of a call that succeeded and set no trailing metadata: the hot path's, built once.
 OK_TRAILERS = literal(b"grpc-status", b"0")
-
-
-def metadata_block(metadata: tuple[tuple[str, str | bytes], ...]) -> bytes:
-    """Custom metadata as header fields; binary values (keys ending in -bin) base64-encoded unpadded."""
-    import base64
-
-    fields = []
-    for key, value in metadata:
-        name = key.lower().encode("ascii")
-        if name.endswith(b"-bin"):
-            raw = value if isinstance(value, bytes) else value.encode()
-            fields.append(literal(name, base64.b64encode(raw).rstrip(b"=")))
-        else:
-            fields.append(literal(name, value.encode("latin-1") if isinstance(value, str) else value))
-    return b"".join(fields)
 
 
 #: What ``grpc-message`` keeps as it is: printable ASCII except '%' (every other byte is percent-encoded).
