@@ -181,29 +181,8 @@ def serve_h2(port: int, ready: Any) -> None:
     uvloop.run(main())
 
 
-def serve_aio(port: int, ready: Any) -> None:
-    import grpc
-    import uvloop
-
-    async def main() -> None:
-        reply = canned_reply()
-
-        async def infer(request: bytes, context: Any) -> bytes:
-            return reply
-
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler,))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        ready.set()
-        await server.wait_for_termination()
-
-    uvloop.run(main())
-
-
-def serve_native(port: int, ready: Any) -> None:
+def _serve_canned(port: int, ready: Any, native: bool) -> None:
+    """grpc.aio or the native server with one generic handler, bytes in and out."""
     import grpc
     import uvloop
 
@@ -217,7 +196,7 @@ def serve_native(port: int, ready: Any) -> None:
 
         handler = grpc.method_handlers_generic_handler(
             "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
-        server = NativeServer(1 << 20)
+        server = NativeServer(1 << 20) if native else grpc.aio.server()
         server.add_generic_rpc_handlers((handler,))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -225,6 +204,14 @@ def serve_native(port: int, ready: Any) -> None:
         await server.wait_for_termination()
 
     uvloop.run(main())
+
+
+def serve_aio(port: int, ready: Any) -> None:
+    _serve_canned(port, ready, native=False)
+
+
+def serve_native(port: int, ready: Any) -> None:
+    _serve_canned(port, ready, native=True)
 
 
 SERVERS = {"aio": serve_aio, "native": serve_native, "h2": serve_h2}

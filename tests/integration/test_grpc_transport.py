@@ -232,10 +232,14 @@ def test_many_concurrent_small_calls_on_one_channel_each_get_their_own_answer(
 # --- 3, 4: deadlines and cancellation -------------------------------------------------------------------
 
 
+def _cancelled(server: ServerProcess, model: str) -> float:
+    """gRPC requests to ``model`` counted as cancelled (deadlines included)."""
+    return _metric(server, "tensorgate_requests_total", model=model, outcome="cancelled", protocol="grpc")
+
+
 def test_a_deadline_passes_on_a_slow_call_and_the_connection_serves_on(transport_server: ServerProcess) -> None:
     def cancelled() -> float:
-        return _metric(transport_server, "tensorgate_requests_total", model="slow", outcome="cancelled",
-                       protocol="grpc")
+        return _cancelled(transport_server, "slow")
 
     async def main() -> None:
         async with _aio_channel(transport_server) as channel:
@@ -266,8 +270,7 @@ def test_a_cancelled_call_is_dropped_and_the_connection_serves_on(transport_serv
         return _metric(transport_server, "tensorgate_inflight_requests", model="slow_queue")
 
     def cancelled() -> float:
-        return _metric(transport_server, "tensorgate_requests_total", model="slow_queue", outcome="cancelled",
-                       protocol="grpc")
+        return _cancelled(transport_server, "slow_queue")
 
     async def main() -> None:
         async with _aio_channel(transport_server) as channel:
