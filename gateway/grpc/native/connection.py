@@ -142,7 +142,7 @@ class Stream:
         except Exception as exc:  # zlib.error: a body that does not inflate
             raise StreamFailed("INTERNAL", f"the {self.encoding} message does not decompress: {exc}") from None
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -303,7 +303,7 @@ class Connection(asyncio.Protocol):
             stream.remote_closed = True
             if stream.partial and stream.failure is None:
                 stream.failure = StreamFailed("INTERNAL", "the request ended inside a message")
-            stream._wake()
+            stream.wake()
 
     def _messages(self, stream: Stream, payload: bytes) -> None:
         """Cut the stream's bytes into gRPC messages (prefix included) for the call to read."""
@@ -312,7 +312,7 @@ class Connection(asyncio.Protocol):
             _, length = MESSAGE_PREFIX.unpack_from(payload)
             if len(payload) == 5 + length and length <= self.dispatcher.max_message_bytes:
                 stream.inbox.append(payload)
-                stream._wake()
+                stream.wake()
                 return
         partial += payload
         limit = self.dispatcher.max_message_bytes
@@ -322,13 +322,13 @@ class Connection(asyncio.Protocol):
                 partial.clear()
                 stream.failure = StreamFailed("RESOURCE_EXHAUSTED",
                                               f"Received message larger than max ({length} vs. {limit})")
-                stream._wake()
+                stream.wake()
                 return
             if len(partial) < 5 + length:
                 break
             stream.inbox.append(bytes(partial[: 5 + length]))
             del partial[: 5 + length]
-        stream._wake()
+        stream.wake()
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0 or stream_id % 2 == 0:
@@ -659,7 +659,7 @@ def _reset(stream: Stream) -> None:
     stream.outbox.clear()
     if stream.failure is None:
         stream.failure = StreamFailed("CANCELLED", "the client cancelled the call")
-    stream._wake()
+    stream.wake()
     if stream.drained is not None and not stream.drained.done():
         stream.drained.set_result(None)
     callback, stream.on_reset = stream.on_reset, None
