@@ -272,7 +272,7 @@ class FrontendTls:
     """A frontend's TLS: the REST context and the gRPC port's (grpc.aio credentials, or the native
     server's context offering h2), reloaded together by one watcher."""
 
-    def __init__(self, files: TlsFiles, grpc_server: str = "aio") -> None:
+    def __init__(self, files: TlsFiles, grpc_server: str) -> None:
         material = load(files)
         self.rest = ReloadingContext(material)
         self.grpc: ReloadingGrpcCredentials | ReloadingContext = (

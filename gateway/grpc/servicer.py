@@ -241,7 +241,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 
 
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
-                       kind: str = "aio", tls: "ReloadingGrpcCredentials | ReloadingContext | None" = None,
+                       kind: str, tls: "ReloadingGrpcCredentials | ReloadingContext | None" = None,
                        access_log: AccessLog | None = None, tracing: "Tracing | None" = None,
                        interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> "GrpcServer":
     """A gRPC server with every service bound to ``address`` (not started).

@@ -414,28 +414,25 @@ def test_a_long_error_message_arrives_whole(transport_server: ServerProcess) -> 
     _serves(transport_server)
 
 
-def test_trailers_larger_than_the_clients_frame_size_come_in_continuation_frames(
-        transport_server: ServerProcess) -> None:
-    """A client that keeps the default 16 KiB SETTINGS_MAX_FRAME_SIZE (raw socket, HPACK by ``hpack``): the
-    20 KiB trailers of a NOT_FOUND come as HEADERS and CONTINUATION frames, none larger than 16 KiB, and the
-    block they make decodes to the status and the whole message."""
+def _raw_call(server: ServerProcess, method: str, body: bytes, *headers: tuple[str, str],
+              compressed: bool = False) -> tuple[list[int], dict[str, str]]:
+    """One call from a raw-socket client that keeps the default 16 KiB SETTINGS_MAX_FRAME_SIZE (HPACK by
+    ``hpack``): the types of the frames that carried the answer's header blocks (none larger than 16 KiB)
+    and the last block's fields, the trailers."""
     import hpack
 
-    name = "m" * 20_000
-    request = pb.ModelInferRequest(model_name=name)
-    request.inputs.add(name="x", datatype="FP32", shape=[1])
-    request.raw_input_contents.append(bytes(4))
-    body = request.SerializeToString()
-    headers = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
-                                      (":path", "/inference.GRPCInferenceService/ModelInfer"),
-                                      ("content-type", "application/grpc"), ("te", "trailers")])
-    message = b"\x00" + len(body).to_bytes(4, "big") + body
-    half = len(message) // 2  # two DATA frames: each within the 16 KiB a frame may have
-    with _connect(transport_server) as sock:
-        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, headers)
-                     + _frame(DATA, 0, 1, message[:half]) + _frame(DATA, END_STREAM, 1, message[half:]))
-        blocks: list[bytes] = []
-        kinds: list[int] = []
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                    (":path", f"/inference.GRPCInferenceService/{method}"),
+                                    ("content-type", "application/grpc"), ("te", "trailers"), *headers])
+    message = bytes([int(compressed)]) + len(body).to_bytes(4, "big") + body
+    data = [message[i:i + DEFAULT_MAX_FRAME_SIZE] for i in range(0, len(message), DEFAULT_MAX_FRAME_SIZE)]
+    blocks: list[bytes] = []
+    kinds: list[int] = []
+    with _connect(server) as sock:
+        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, block)
+                     + b"".join(_frame(DATA, END_STREAM if n == len(data) - 1 else 0, 1, chunk)
+                                for n, chunk in enumerate(data)))
+        ends = False
         while True:
             frame = _read_frame(sock)
             assert frame is not None, f"the connection closed before the stream ended: {kinds}"
@@ -452,11 +449,30 @@ def test_trailers_larger_than_the_clients_frame_size_come_in_continuation_frames
             blocks[-1] += payload
             if flags & END_HEADERS and ends:
                 break
-    assert CONTINUATION in kinds, kinds
     decoder = hpack.Decoder(max_header_list_size=1 << 20)
-    fields = [dict(cast(list[tuple[str, str]], decoder.decode(block))) for block in blocks][-1]
-    assert fields["grpc-status"] == "5", fields.get("grpc-status")
-    assert f"unknown model '{name}'" in unquote(fields["grpc-message"])
+    return kinds, [dict(cast(list[tuple[str, str]], decoder.decode(b))) for b in blocks][-1]
+
+
+def test_trailers_larger_than_the_clients_frame_size_come_in_continuation_frames(
+        transport_server: ServerProcess) -> None:
+    """The 20 KiB trailers of a NOT_FOUND, to a client that keeps 16 KiB frames: HEADERS and CONTINUATION
+    frames, none larger than 16 KiB, whose block decodes to the status and the whole message."""
+    name = "m" * 20_000
+    request = pb.ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(bytes(4))
+    kinds, trailers = _raw_call(transport_server, "ModelInfer", request.SerializeToString())
+    assert CONTINUATION in kinds, kinds
+    assert trailers["grpc-status"] == "5", trailers.get("grpc-status")
+    assert f"unknown model '{name}'" in unquote(trailers["grpc-message"])
+    _serves(transport_server)
+
+
+def test_a_message_compressed_with_an_unknown_encoding_is_internal(transport_server: ServerProcess) -> None:
+    """grpc-encoding snappy (neither server has it): INTERNAL, as grpc.aio answers; the server serves on."""
+    _, trailers = _raw_call(transport_server, "ServerLive", b"\x01\x02\x03", ("grpc-encoding", "snappy"),
+                            compressed=True)
+    assert trailers["grpc-status"] == "13", trailers
     _serves(transport_server)
 
 

@@ -45,8 +45,7 @@ MAX_HEADER_BLOCK = 1 << 20
 #: Decoded header blocks a connection keeps (``Connection.decode_head``).
 MAX_CACHED_HEADS = 64
 #: Headers that are not the call's metadata (grpc's own, and HTTP's).
-_RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding",
-                       b"user-agent"))
+_RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -131,10 +130,10 @@ class Stream:
         raw = self.inbox.popleft()
         if raw[0] == 0:
             return raw[5:]
+        if self.encoding in ("", "identity"):
+            raise StreamFailed("INTERNAL", "a message flagged compressed without a grpc-encoding")
         if self.encoding not in wire.DECOMPRESSORS:
-            raise StreamFailed("INTERNAL", f"a compressed message with grpc-encoding '{self.encoding or 'identity'}'"
-                                           if self.encoding in ("", "identity") else
-                               f"grpc-encoding '{self.encoding}' is not supported (identity, deflate, gzip)")
+            raise StreamFailed("INTERNAL", f"grpc-encoding '{self.encoding}' is not supported (deflate, gzip)")
         try:
             return wire.decompress(raw[5:], self.encoding, limit)
         except wire.MessageTooLarge as exc:
