@@ -233,6 +233,15 @@ def test_frontends_flow_to_the_server() -> None:
     assert "--frontends=4" in server_container(manifests(render({"server": {"frontends": 4}})))["args"]
 
 
+def test_the_grpc_server_kind_flows_to_the_server() -> None:
+    """The native server by default, as `tensorgate serve`'s own default; aio when asked: flags the server takes."""
+    default = server_container(manifests(render({})))["args"]
+    assert "--grpc-server=native" in default and _serve_settings(default).grpc_server == "native"
+    aio = server_container(manifests(render({"server": {"grpcServer": "aio"}})))["args"]
+    assert "--grpc-server=aio" in aio and "--grpc-server=native" not in aio
+    assert _serve_settings(aio).grpc_server == "aio"
+
+
 def test_defaults_are_locked_down() -> None:
     objects = render_set("defaults")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -468,6 +477,7 @@ def test_network_policy_admits_clients_to_rest_and_grpc_and_monitoring_to_metric
     ({"server": {"drainTimout": 30}}, "at '/server': additional properties 'drainTimout' not allowed"),
     ({"server": {"frontends": 0}}, "at '/server/frontends'"),
     ({"server": {"logFormat": "yaml"}}, "at '/server/logFormat'"),
+    ({"server": {"grpcServer": "grpcio"}}, "at '/server/grpcServer'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),

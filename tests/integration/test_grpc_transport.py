@@ -8,7 +8,9 @@ and cancellation, compressed messages, unknown methods, messages that do not par
 streams, metadata, keepalive pings, and bytes that are not gRPC at all. Each test runs once per
 implementation, all of them on one server per implementation. What a test expects is what grpc.aio
 does; where the HTTP/2 RFC (9113) lets a server choose (a GOAWAY before closing, or none), it accepts
-either and says so.
+either and says so. The abuse limits (rapid reset, PING and SETTINGS floods) are the native server's
+own, where grpc.aio's C core defends itself otherwise: those tests run on the native server only, and
+each says what grpc.aio does instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.grpc.native.connection import MAX_PENDING_REPLIES, RESET_BURST
 from tests import model_factory
 from tests.server import SECRETS, ServerProcess
 
@@ -57,13 +60,18 @@ SECRETS.add(API_KEY)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 # HTTP/2 frame types and error codes (RFC 9113, sections 6 and 7).
-DATA, HEADERS, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x7, 0x8, 0x9
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7, 0x8, 0x9
 ACK, END_STREAM, END_HEADERS = 0x1, 0x1, 0x4
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 0x1, 0x3, 0x6, 0x9
+CANCEL, ENHANCE_YOUR_CALM = 0x8, 0xB
 UNKNOWN_FRAME_TYPE = 0xFA
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_MAX_FRAME_SIZE = 16384
 SETTINGS_MAX_FRAME_SIZE = 0x5
+#: The floods' size: several times what the sockets between client and server hold (a few MiB on Linux).
+FLOOD_BYTES = 32 << 20
+#: Runs a test on the native server only (the module's server of that implementation).
+NATIVE_ONLY = pytest.mark.parametrize("transport_server", ["native"], indirect=True)
 
 
 @pytest.fixture(scope="module", params=GRPC_SERVERS)
@@ -414,6 +422,14 @@ def test_a_long_error_message_arrives_whole(transport_server: ServerProcess) -> 
     _serves(transport_server)
 
 
+def _call_block(encoder: Any, method: str, *headers: tuple[str, str]) -> bytes:
+    """The header block of a call to ``method`` of the inference service, as ``encoder`` (``hpack``'s) encodes it."""
+    block: bytes = encoder.encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                   (":path", f"/inference.GRPCInferenceService/{method}"),
+                                   ("content-type", "application/grpc"), ("te", "trailers"), *headers])
+    return block
+
+
 def _raw_call(server: ServerProcess, method: str, body: bytes, *headers: tuple[str, str],
               compressed: bool = False) -> tuple[list[int], dict[str, str]]:
     """One call from a raw-socket client that keeps the default 16 KiB SETTINGS_MAX_FRAME_SIZE (HPACK by
@@ -421,9 +437,7 @@ def _raw_call(server: ServerProcess, method: str, body: bytes, *headers: tuple[s
     and the last block's fields, the trailers."""
     import hpack
 
-    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
-                                    (":path", f"/inference.GRPCInferenceService/{method}"),
-                                    ("content-type", "application/grpc"), ("te", "trailers"), *headers])
+    block = _call_block(hpack.Encoder(), method, *headers)
     message = bytes([int(compressed)]) + len(body).to_bytes(4, "big") + body
     data = [message[i:i + DEFAULT_MAX_FRAME_SIZE] for i in range(0, len(message), DEFAULT_MAX_FRAME_SIZE)]
     blocks: list[bytes] = []
@@ -745,6 +759,107 @@ def test_client_keepalive_pings_are_answered(transport_server: ServerProcess) ->
             stream = _OpenStream(pb_grpc.GRPCInferenceServiceStub(channel))
             await stream.round_trip()
             await asyncio.sleep(2.5)
+            await stream.round_trip()
+            await stream.close()
+
+    _run(main)
+
+
+# --- 13: abuse limits -----------------------------------------------------------------------------------
+
+
+def _frames_until_closed(sock: socket.socket) -> list[Frame]:
+    """Every frame the server sends until it closes the connection (read in large pieces: floods answer a lot)."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        except TimeoutError:
+            raise AssertionError(f"the server did not close the connection ({len(data)} bytes read)") from None
+        if not chunk:
+            break
+        data += chunk
+    frames: list[Frame] = []
+    offset = 0
+    while len(data) - offset >= 9:
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        payload = bytes(data[offset + 9:offset + 9 + length])
+        frames.append((data[offset + 3], data[offset + 4], int.from_bytes(data[offset + 5:offset + 9], "big"), payload))
+        offset += 9 + length
+    return frames
+
+
+@NATIVE_ONLY
+def test_streams_reset_as_soon_as_opened_end_the_connection(transport_server: ServerProcess) -> None:
+    """Rapid reset (CVE-2023-44487): twice RESET_BURST calls, each reset right after its HEADERS, in one write and
+    none answered: GOAWAY ENHANCE_YOUR_CALM, then the close; the server serves on. Native only: grpc.aio (grpc
+    1.81's C core) takes these 4,096 resets and keeps the connection."""
+    import hpack
+
+    encoder = hpack.Encoder()
+    calls = b"".join(_frame(HEADERS, END_HEADERS, stream, _call_block(encoder, "ServerLive"))
+                     + _frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big"))
+                     for stream in range(1, 4 * RESET_BURST, 2))
+    with _connect(transport_server) as sock:
+        _send(sock, PREFACE + _frame(SETTINGS, 0, 0) + calls)
+        frames = _frames_until_closed(sock)
+    goaways = [payload for kind, _, _, payload in frames if kind == GOAWAY]
+    assert [int.from_bytes(payload[4:8], "big") for payload in goaways] == [ENHANCE_YOUR_CALM], frames
+    _serves(transport_server)
+
+
+@NATIVE_ONLY
+@pytest.mark.parametrize("kind", [PING, SETTINGS], ids=["ping", "settings"])
+def test_a_flood_of_frames_to_answer_that_the_client_does_not_read_ends_the_connection(
+        transport_server: ServerProcess, kind: int) -> None:
+    """PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515): 32 MiB of frames that each need an answer, from a
+    client with a small receive buffer that reads nothing until it has sent them all. Once the sockets between
+    are full, the answers pile up in the server; past MAX_PENDING_REPLIES of them, GOAWAY ENHANCE_YOUR_CALM after
+    the answers already queued, then the close; what the client sent after is read and dropped. Native only:
+    grpc.aio (grpc 1.81) stops reading from such a client instead; it ended the PING flood's connection only some
+    twenty seconds later, and kept the SETTINGS flood's open after queueing several MiB of acknowledgements."""
+    one = _frame(PING, 0, 0, b"tg-flood") if kind == PING else _frame(SETTINGS, 0, 0)
+    count = FLOOD_BYTES // len(one)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # set before connecting: the window it offers
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", transport_server.grpc_port))
+        _send(sock, PREFACE + _frame(SETTINGS, 0, 0) + one * count)
+        frames = _frames_until_closed(sock)
+    answers = sum(1 for frame in frames if frame[:2] == (kind, ACK))
+    goaways = [payload for frame_kind, _, _, payload in frames if frame_kind == GOAWAY]
+    assert [int.from_bytes(payload[4:8], "big") for payload in goaways] == [ENHANCE_YOUR_CALM], (answers, goaways)
+    assert frames[-1][0] == GOAWAY, "nothing follows the GOAWAY"
+    assert MAX_PENDING_REPLIES < answers < count, answers
+    _serves(transport_server)
+
+
+def test_cancelling_many_calls_on_one_channel_does_not_end_it(transport_server: ServerProcess) -> None:
+    """What the rapid-reset limit must never catch: a client cancelling half its calls before any answer (a
+    hedging client dropping the slower of two, a caller that went away), 3,000 cancellations over one connection,
+    more than RESET_BURST, between 3,000 calls answered. The stream held open all along proves the connection
+    was never dropped (a new call would reconnect and hide it)."""
+    rounds, width = 60, 50
+    assert rounds * width > RESET_BURST
+
+    async def main() -> None:
+        async with _aio_channel(transport_server) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stream = _OpenStream(stub)
+            await stream.round_trip()
+            values = _distinct(13, 4)
+            for turn in range(rounds):
+                # A stream waits for its first request: when it is cancelled, the server has answered nothing.
+                dropped = [stub.ModelStreamInfer(timeout=WAIT_S) for _ in range(width)]
+                answered = [stub.ModelInfer(_flat(values, f"kept-{turn}-{i}"), timeout=WAIT_S) for i in range(width)]
+                for call in dropped:
+                    await call.wait_for_connection()
+                    assert call.cancel()
+                for i, reply in enumerate(await asyncio.gather(*answered)):
+                    _assert_echoed(reply, f"kept-{turn}-{i}", values)
+                assert {await call.code() for call in dropped} == {grpc.StatusCode.CANCELLED}
             await stream.round_trip()
             await stream.close()
 

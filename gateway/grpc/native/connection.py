@@ -7,9 +7,13 @@ runs the call; the call reads its request messages from the ``Stream`` and answe
 loop leave in one write.
 
 A connection error (a frame the RFC forbids, a header block that does not decode) is answered
-with GOAWAY and the connection is closed; a stream error with RST_STREAM. Nothing a client
+with GOAWAY and the connection is closed (half-closed first, so that the GOAWAY arrives); a stream
+error with RST_STREAM. Nothing a client
 sends can make a connection hold more than its streams' messages: each stream's body is
 refused past the server's message limit, and the streams are capped by MAX_CONCURRENT_STREAMS.
+Nor can it make the connection work or write without bound: streams reset faster than calls are
+answered (rapid reset) and frames we must answer that the client does not read (PING, SETTINGS
+floods) end it with GOAWAY ENHANCE_YOUR_CALM, and while our output is backed up we read no more.
 """
 
 from __future__ import annotations
@@ -44,6 +48,23 @@ MAX_HEADER_LIST = 16 * 1024
 MAX_HEADER_BLOCK = 1 << 20
 #: Decoded header blocks a connection keeps (``Connection.decode_head``).
 MAX_CACHED_HEADS = 64
+#: Rapid reset (CVE-2023-44487): a reset stream frees its MAX_STREAMS slot at once, so each call the client
+#: resets before we answered any of it adds one to the connection's reset debt, each call we begin to answer
+#: pays one back, and the debt leaks RESET_RATE a second. Past RESET_BURST (every stream a client may have
+#: open, cancelled twice over with nothing answered), GOAWAY ENHANCE_YOUR_CALM. Clients cancel (deadlines,
+#: hedging, a caller gone) far below that; an attack resets at wire speed, tens of thousands a second.
+RESET_BURST = 2 * MAX_STREAMS
+RESET_RATE = float(MAX_STREAMS)
+#: Frames queued in answer to the client's own (PING and SETTINGS ACKs, RST_STREAMs, refusals) since our
+#: output last drained: past this the client sends them and does not read the answers (a PING or SETTINGS
+#: flood), GOAWAY ENHANCE_YOUR_CALM. The figure grpc's C core (which stops reading) and Go's server use.
+MAX_PENDING_REPLIES = 10_000
+#: Our output buffered in the transport past this (the client reads slower than it sends): we read
+#: nothing more until it drains to a quarter of it.
+WRITE_HIGH_WATER = 1 << 20
+#: A connection we ended is dropped after this long if the client has not closed its side (it does not
+#: read what is left to send, or goes on sending after our GOAWAY).
+CLOSE_GRACE_S = 5.0
 #: Headers that are not the call's metadata (grpc's own, and HTTP's).
 _RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
 
@@ -169,7 +190,11 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.going_away = False
+        self.lingering = False  # ended with a GOAWAY of ours: what the client still sends is dropped
         self.closed = False
+        self.reset_debt = 0.0  # rapid reset: see RESET_BURST
+        self.reset_time = 0.0
+        self.replies = 0  # frames queued in answer to the client's since our output drained
 
     # -- the transport's side ---------------------------------------------------------------------
 
@@ -179,6 +204,7 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = _peer(transport.get_extra_info("peername"))
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self.transport.write(wire.settings_frame({wire.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                                                   wire.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                                                   wire.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
@@ -192,7 +218,19 @@ class Connection(asyncio.Protocol):
             _reset(stream)
         self.dispatcher.connection_closed(self)
 
+    def pause_writing(self) -> None:
+        """Our output is past WRITE_HIGH_WATER: the client is not reading, so we stop reading it."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.replies = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         buffer = self.buffer
         buffer += data
         if not self.preface:
@@ -256,7 +294,7 @@ class Connection(asyncio.Protocol):
             if stream_id != 0:
                 raise _ConnectionError(wire.PROTOCOL_ERROR, "a PING on a stream")
             if not flags & wire.ACK:
-                self.out.append(frame(wire.PING, wire.ACK, 0, payload))
+                self._reply(frame(wire.PING, wire.ACK, 0, payload))
         elif kind == wire.WINDOW_UPDATE:
             self._window_update(stream_id, payload)
         elif kind == wire.RST_STREAM:
@@ -266,6 +304,8 @@ class Connection(asyncio.Protocol):
             self.blocked.pop(stream_id, None)
             if stream is not None:
                 _reset(stream)
+                if not stream.headers_sent:
+                    self._count_reset()
         elif kind == wire.GOAWAY:
             self.going_away = True  # the client opens no more streams; those open finish
         elif kind == wire.PUSH_PROMISE:
@@ -355,7 +395,7 @@ class Connection(asyncio.Protocol):
             raise _ConnectionError(wire.PROTOCOL_ERROR, f"HEADERS on closed stream {stream_id}")
         self.last_stream = stream_id
         if self.going_away or len(self.streams) >= MAX_STREAMS:
-            self.out.append(wire.rst_stream(stream_id, wire.REFUSED_STREAM))
+            self._reply(wire.rst_stream(stream_id, wire.REFUSED_STREAM))
             return
         self._open(flags, stream_id, head)
 
@@ -386,18 +426,18 @@ class Connection(asyncio.Protocol):
 
     def _open(self, flags: int, stream_id: int, head: RequestHead) -> None:
         if head.size > MAX_HEADER_LIST:
-            self.out.append(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id, wire.RESPONSE_HEADERS
-                                  + wire.status_block(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                                                      f"the request's headers are {head.size} bytes, more than the "
-                                                      f"limit of {MAX_HEADER_LIST}")))
+            self._reply(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id, wire.RESPONSE_HEADERS
+                              + wire.status_block(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                                                  f"the request's headers are {head.size} bytes, more than the "
+                                                  f"limit of {MAX_HEADER_LIST}")))
             if not flags & wire.END_STREAM:
                 self.out.append(wire.rst_stream(stream_id, wire.NO_ERROR))
             return
         if head.method != b"POST" or not head.content_type.startswith(b"application/grpc"):
             # Not a gRPC call: 405 for a method other than POST, 415 for another content type.
             status = b"405" if head.method != b"POST" else b"415"
-            self.out.append(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id,
-                                  wire.literal(b":status", status)))
+            self._reply(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream_id,
+                              wire.literal(b":status", status)))
             if not flags & wire.END_STREAM:
                 self.out.append(wire.rst_stream(stream_id, wire.NO_ERROR))
             return
@@ -412,21 +452,25 @@ class Connection(asyncio.Protocol):
                                    "a malformed SETTINGS frame")
         if flags & wire.ACK:
             return
+        grown = False
         for offset in range(0, len(payload), 6):
             key, value = wire.SETTING.unpack_from(payload, offset)
             if key == wire.INITIAL_WINDOW_SIZE:
                 if value > wire.MAX_WINDOW:
                     raise _ConnectionError(wire.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
                 delta, self.peer_stream_window = value - self.peer_stream_window, value
+                grown = grown or delta > 0
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif key == wire.MAX_FRAME_SIZE:
                 if not wire.DEFAULT_FRAME_SIZE <= value < 1 << 24:
                     raise _ConnectionError(wire.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                grown = grown or value > self.peer_frame_size
                 self.peer_frame_size = value
-        self.out.append(frame(wire.SETTINGS, wire.ACK, 0))
-        for stream in list(self.streams.values()):
-            self._pump(stream)
+        self._reply(frame(wire.SETTINGS, wire.ACK, 0))
+        if grown:  # only then can a stream send more (a SETTINGS flood does not walk the streams each time)
+            for stream in list(self.streams.values()):
+                self._pump(stream)
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -468,7 +512,7 @@ class Connection(asyncio.Protocol):
             self._queue(frame(wire.HEADERS, wire.END_HEADERS, stream.id, wire.RESPONSE_HEADERS)
                         + frame(wire.DATA, 0, stream.id, body)
                         + self._header_frames(stream.id, trailers, True))
-            stream.headers_sent = True
+            self._answering(stream)
             self._closed_locally(stream)
             return
         self.send_headers(stream)
@@ -479,7 +523,7 @@ class Connection(asyncio.Protocol):
     def send_headers(self, stream: Stream) -> None:
         if stream.headers_sent or stream.local_closed or self.closed:
             return
-        stream.headers_sent = True
+        self._answering(stream)
         self._queue(self._header_frames(stream.id, wire.RESPONSE_HEADERS, False))
 
     def send_message(self, stream: Stream, message: bytes) -> None:
@@ -500,7 +544,7 @@ class Connection(asyncio.Protocol):
         if stream.local_closed or self.closed:
             return
         if not stream.headers_sent:
-            stream.headers_sent = True
+            self._answering(stream)
             self._queue(self._header_frames(stream.id, wire.RESPONSE_HEADERS + trailers, True))
             self._closed_locally(stream)
             return
@@ -532,6 +576,29 @@ class Connection(asyncio.Protocol):
             stream.trailers = None
             self._closed_locally(stream)
 
+    def _answering(self, stream: Stream) -> None:
+        """The call's first answer goes out: it pays back one client reset (``_count_reset``)."""
+        stream.headers_sent = True
+        if self.reset_debt:
+            self.reset_debt = max(0.0, self.reset_debt - 1.0)
+
+    def _count_reset(self) -> None:
+        """The client reset a call before we answered any of it: rapid reset is this, at wire speed."""
+        now = asyncio.get_running_loop().time()
+        self.reset_debt = max(0.0, self.reset_debt - (now - self.reset_time) * RESET_RATE) + 1.0
+        self.reset_time = now
+        if self.reset_debt > RESET_BURST:
+            raise _ConnectionError(wire.ENHANCE_YOUR_CALM, "too many calls reset before they were answered")
+
+    def _reply(self, data: bytes) -> None:
+        """Queue a frame the client's own frame calls for: it must be reading them (``MAX_PENDING_REPLIES``)."""
+        self.out.append(data)
+        if self.transport is not None and not self.transport.get_write_buffer_size():
+            self.replies = 0  # all we wrote before has left
+        self.replies += 1
+        if self.replies > MAX_PENDING_REPLIES:
+            raise _ConnectionError(wire.ENHANCE_YOUR_CALM, "too many frames to answer that the client does not read")
+
     def _header_frames(self, stream_id: int, block: bytes, end_stream: bool) -> bytes:
         flags = wire.END_STREAM if end_stream else 0
         size = self.peer_frame_size
@@ -560,7 +627,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _reset_stream(self, stream: Stream, code: int) -> None:
-        self.out.append(wire.rst_stream(stream.id, code))
+        self._reply(wire.rst_stream(stream.id, code))
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         _reset(stream)
@@ -583,6 +650,10 @@ class Connection(asyncio.Protocol):
             self._flush()
             self.transport.close()
 
+    def _drop(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
     def _queue(self, data: bytes) -> None:
         self.out.append(data)
         if not self.flush_scheduled:
@@ -591,7 +662,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        if self.out and self.transport is not None and not self.transport.is_closing():
+        if self.out and self.transport is not None and not self.transport.is_closing() and not self.lingering:
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
             self.transport.write(data)
@@ -599,7 +670,27 @@ class Connection(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         log.debug("grpc connection from %s closed: %s", self.peer, reason)
         self.out.append(wire.goaway(self.last_stream, code, reason.encode("utf-8", "replace")[:256]))
-        self.abort()
+        self._linger()
+
+    def _linger(self) -> None:
+        """End the connection so that our GOAWAY arrives: a FIN after it, and what the client still sends read and
+        dropped until it closes too (a close with its bytes unread would reset the connection, GOAWAY and all)."""
+        transport = self.transport
+        if transport is None or self.closed or self.lingering:
+            return
+        self._flush()
+        self.lingering = self.going_away = True
+        self.buffer.clear()
+        streams, self.streams = self.streams, {}
+        self.blocked.clear()
+        for stream in streams.values():
+            _reset(stream)
+        if transport.can_write_eof():  # TLS cannot half-close: it closes
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._drop)
 
     def _abandon(self) -> None:
         """Not HTTP/2 (an HTTP/1 request, a scanner): close without a word, as gRPC servers do."""
