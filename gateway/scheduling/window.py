@@ -18,7 +18,8 @@ next requests come in (lockstep). When that turnaround is long next to the model
 the loop in two pays: one half computes while the other half turns around, at the price of a
 smaller batch. Which is better depends on the model and the machine, so ``DepthChooser`` measures
 it: it serves rows at pipeline depth 1 (one batch per loop) and 2 (two), compares the rows served
-per second over epochs of ``EPOCH_S``, keeps the better and tries the other again now and then.
+per second over epochs of ``EPOCH_S``, keeps the better and tries the other again now and then:
+ever more rarely while the same depth keeps winning clearly, and at once when the load changes.
 
 The max queue delay bounds the delay the batcher *chooses*: it counts from when the oldest
 request could first have been sent — its arrival, or the moment an instance came free while it
@@ -44,8 +45,17 @@ MIN_STALL_S = 50e-6
 
 #: Throughput at each pipeline depth is compared over epochs this long (seconds of serving).
 EPOCH_S = 0.5
-#: The better depth is kept this many epochs before the other one is measured again.
+#: The better depth is kept this many epochs before the other one is measured again...
 EXPLOIT_EPOCHS = 8
+#: ...twice as many each time the other one is measured and loses again by CLEAR_WIN, up to this many.
+#: Each measurement of the worse depth costs an epoch of its rate: when one depth serves far more (a
+#: model whose batch of 16 costs what a batch of 8 does), measuring the other one in every ninth epoch
+#: cost several percent of the throughput for nothing.
+MAX_EXPLOIT_EPOCHS = 64
+CLEAR_WIN = 1.10
+#: An epoch whose loop (its largest) differs by more than this fraction from the last epoch at the same
+#: depth is a new load: the other depth's rate no longer applies, so it is measured next, and the plan starts over.
+NEW_LOAD = 0.25
 #: Depth 2 must serve this much more than depth 1 to be kept: its batches cost more per row.
 DEPTH_2_MARGIN = 1.03
 #: A loop of fewer rows is never split.
@@ -65,6 +75,12 @@ class DepthChooser:
     _batches: int = 0
     _served: dict[int, float] = field(default_factory=dict)
     _plan: list[int] = field(default_factory=list)
+    #: The depth that won the last comparison, and how many epochs it is kept for now.
+    _best: int = 0
+    _exploit: int = EXPLOIT_EPOCHS
+    #: The largest loop of the epoch under way, and of the last epoch measured at each depth.
+    _loop: int = 0
+    _loops: dict[int, int] = field(default_factory=dict)
 
     def completed(self, now: float, rows: int, loop_rows: int) -> None:
         """A batch of ``rows`` finished while the loop held ``loop_rows``."""
@@ -72,22 +88,34 @@ class DepthChooser:
             self.depth, self._epoch_start = 1, None
             return
         if self._epoch_start is None or now - self._last > EPOCH_S:
-            self._epoch_start, self._rows, self._batches = now, 0, 0  # a pause in it: measures nothing
+            self._epoch_start, self._rows, self._batches, self._loop = now, 0, 0, 0  # a pause in it: measures nothing
         else:
             self._rows += rows
             self._batches += 1
         self._last = now
+        self._loop = max(self._loop, loop_rows)
         if now - self._epoch_start >= EPOCH_S and self._batches >= EPOCH_BATCHES:
+            before = self._loops.get(self.depth)
+            if before and abs(self._loop - before) > NEW_LOAD * before:
+                self._served.clear()  # a new load: the other depth is measured next
+                self._plan.clear()
+                self._best, self._exploit = 0, EXPLOIT_EPOCHS
             self._served[self.depth] = self._rows / (now - self._epoch_start)
-            self._epoch_start, self._rows, self._batches = now, 0, 0
+            self._loops[self.depth] = self._loop
+            self._epoch_start, self._rows, self._batches, self._loop = now, 0, 0, 0
             self.depth = self._next()
 
     def _next(self) -> int:
         if not self._plan:
             if len(self._served) < 2:
                 return 2 if self.depth == 1 else 1
-            best = 2 if self._served[2] > DEPTH_2_MARGIN * self._served[1] else 1
-            self._plan = [best] * EXPLOIT_EPOCHS + [3 - best]
+            one, two = self._served[1], self._served[2]
+            best = 2 if two > DEPTH_2_MARGIN * one else 1
+            clear = max(one, two) >= CLEAR_WIN * min(one, two)
+            again = best == self._best and clear
+            self._exploit = min(2 * self._exploit, MAX_EXPLOIT_EPOCHS) if again else EXPLOIT_EPOCHS
+            self._best = best
+            self._plan = [best] * self._exploit + [3 - best]
         return self._plan.pop(0)
 
 

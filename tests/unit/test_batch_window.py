@@ -13,7 +13,14 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.scheduling.window import PEAK_MEMORY_S, BatchWindow
+from gateway.scheduling.window import (
+    EPOCH_S,
+    EXPLOIT_EPOCHS,
+    MAX_EXPLOIT_EPOCHS,
+    PEAK_MEMORY_S,
+    BatchWindow,
+    DepthChooser,
+)
 
 Rule = Callable[[float, int, int, float], float]
 
@@ -162,6 +169,48 @@ def test_one_batch_wins_when_rows_cost_nothing_extra() -> None:
     window = BatchWindow(max_batch_size=16, max_delay_s=0.005, preferred=[])
     steady = simulate(16, cost(FIXED_COST), staggered, windowed(window), window, batches_to_run=600)[200:]
     assert steady.count(16) > steady.count(8)
+
+
+def test_the_losing_depth_is_measured_ever_more_rarely_while_it_keeps_losing_clearly() -> None:
+    """A fixed cost per batch: halves serve half as much. Measuring them one epoch in nine (as at
+    first) would put about one batch in seven at half size; backing off makes it a few in a hundred."""
+    window = BatchWindow(max_batch_size=16, max_delay_s=0.005, preferred=[])
+    later = simulate(16, cost(FIXED_COST), staggered, windowed(window), window, batches_to_run=20000)[10000:]
+    halves = sum(1 for size in later if 6 <= size <= 10)
+    assert later.count(16) + halves == len(later)
+    assert halves < 0.04 * len(later), halves
+
+
+def serve_epochs(chooser: DepthChooser, now: float, epochs: int, loop_rows: int,
+                 rows_per_s: dict[int, float]) -> tuple[float, list[int]]:
+    """Feed ``chooser`` batches of 8 rows at each depth's rate for about ``epochs`` epochs: the time
+    reached, and the depth each batch ran at."""
+    depths = []
+    for _ in range(epochs * 25):
+        now += 8 / rows_per_s[chooser.depth]
+        depths.append(chooser.depth)
+        chooser.completed(now, 8, loop_rows)
+    return now, depths
+
+
+def test_a_new_load_is_measured_at_both_depths_at_once() -> None:
+    """After a long run where depth 1 wins, the loop quadruples and now depth 2 serves more: the
+    chooser does not wait out its plan of many epochs, it measures depth 2 within the next two."""
+    chooser = DepthChooser()
+    now, _ = serve_epochs(chooser, 0.0, 300, 16, {1: 400.0, 2: 200.0})
+    assert chooser.depth == 1
+    assert chooser._exploit == MAX_EXPLOIT_EPOCHS  # the plan is long by now
+    batches_per_epoch = int(EPOCH_S * 400 / 8) + 1
+    now, depths = serve_epochs(chooser, now, 8, 64, {1: 400.0, 2: 800.0})
+    assert 2 in depths[: 3 * batches_per_epoch]
+    assert depths[-batches_per_epoch:] == [2] * batches_per_epoch
+
+
+def test_a_close_contest_is_measured_as_often_as_at_first() -> None:
+    """Depths within CLEAR_WIN of each other: each comparison may go either way, so neither earns a longer plan."""
+    chooser = DepthChooser()
+    serve_epochs(chooser, 0.0, 200, 16, {1: 400.0, 2: 420.0})
+    assert chooser._exploit == EXPLOIT_EPOCHS
 
 
 @pytest.mark.parametrize("clients", [1, 4, 16])
