@@ -52,7 +52,7 @@ EXPLOIT_EPOCHS = 8
 #: model whose batch of 16 costs what a batch of 8 does), measuring the other one in every ninth epoch
 #: cost several percent of the throughput for nothing.
 MAX_EXPLOIT_EPOCHS = 64
-CLEAR_WIN = 1.10
+CLEAR_WIN = 1.20
 #: An epoch whose loop (its largest) differs by more than this fraction from the last epoch at the same
 #: depth is a new load: the other depth's rate no longer applies, so it is measured next, and the plan starts over.
 NEW_LOAD = 0.25
