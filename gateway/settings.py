@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     grpc_server: Annotated[Literal["aio", "native"], Choice] = Field(
         "native", description="the gRPC port's server: native (TensorGate's own HTTP/2 on the frontend's event "
                               "loop, a fraction of grpc.aio's CPU per call: docs/decisions.md) or aio (grpc.aio)")
+    grpc_keepalive: Seconds = Field(
+        7200.0, description="seconds a gRPC client may stay silent before the server pings its connection; one "
+                            "that answers nothing within 20 s (or this long, if shorter) is disconnected. 0: never "
+                            "(default 7200, grpc's)")
     strict_readiness: bool = Field(
         True, description="true: /v2/health/ready only when every model is ready; false: ready once the first "
                           "load of every model has finished, whatever its outcome (per-model readiness tells the "

@@ -19,6 +19,7 @@ from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
 from gateway.grpc.handlers import add_servicer
+from gateway.grpc.native.connection import KEEPALIVE_TIMEOUT_S
 from gateway.grpc.native.server import NativeServer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
@@ -243,7 +244,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # g
 def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, shm: SystemSharedMemory,
                        kind: str, tls: "ReloadingGrpcCredentials | ReloadingContext | None" = None,
                        access_log: AccessLog | None = None, tracing: "Tracing | None" = None,
-                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> "GrpcServer":
+                       interceptors: Sequence[grpc.aio.ServerInterceptor] = (), *,
+                       keepalive_s: float) -> "GrpcServer":
     """A gRPC server with every service bound to ``address`` (not started).
 
     ``kind``: ``aio`` (grpc.aio) or ``native`` (``gateway.grpc.native``: the same handlers over our own
@@ -251,17 +253,24 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
     ``tls``: the reloading TLS of ``gateway.tls`` for that kind, else plaintext. Every v2 and health
     method decodes its own request (INVALID_ARGUMENT when it does not parse) and writes its access line
     when ``access_log`` is given (``gateway.grpc.handlers``); ``tracing``: trace inference requests;
-    ``interceptors`` see every call first (``gateway.grpc.access``).
+    ``interceptors`` see every call first (``gateway.grpc.access``). ``keepalive_s``: a client silent this long
+    is pinged, and dropped when it does not answer (0: never; ``gateway.grpc.native.connection.KEEPALIVE_TIMEOUT_S``).
     """
     server: GrpcServer
     if kind == "native":
-        server = NativeServer(max_message_bytes, interceptors)
+        server = NativeServer(max_message_bytes, interceptors, keepalive_s)
     else:
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Every frontend process binds the same port; the kernel spreads connections over them.
             ("grpc.so_reuseport", 1),
+            # Keepalive as the native server does it: idle connections too (a client gone while idle holds
+            # its connection forever otherwise), and as many pings as it takes.
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000) if keepalive_s > 0 else 2**31 - 1),
+            ("grpc.keepalive_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s or KEEPALIVE_TIMEOUT_S) * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ])
     add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm, tracing),
                  access_log)

@@ -20,6 +20,7 @@ import contextlib
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -84,9 +85,13 @@ def transport_server(request: pytest.FixtureRequest,
     model_factory.flat_identity_model(repo)
     model_factory.slow_model(repo)  # two instances: for the deadline test
     model_factory.slow_model(repo, "slow_queue", config="instances: {count: 1}\n")  # for the cancellation test
-    server = ServerProcess(repo, ["--max-request-bytes", str(MAX_REQUEST_BYTES),
-                                  "--protect", f"statistics:{KEY_HEADER}"],
-                           env={"TENSORGATE_GRPC_SERVER": implementation, "TENSORGATE_API_KEYS": API_KEY})
+    args = ["--max-request-bytes", str(MAX_REQUEST_BYTES), "--protect", f"statistics:{KEY_HEADER}"]
+    yield from _served(repo, implementation, args, {"TENSORGATE_API_KEYS": API_KEY})
+
+
+def _served(repo: Path, implementation: str, args: list[str], env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A module's server of ``implementation`` on ``repo``; at the end it must exit cleanly, no traceback logged."""
+    server = ServerProcess(repo, args, env={"TENSORGATE_GRPC_SERVER": implementation, **env})
     server.start()
     assert f"grpc_server={implementation}" in server.log(), "the server does not say it runs " + implementation
     yield server
@@ -860,6 +865,56 @@ def test_cancelling_many_calls_on_one_channel_does_not_end_it(transport_server: 
                 for i, reply in enumerate(await asyncio.gather(*answered)):
                     _assert_echoed(reply, f"kept-{turn}-{i}", values)
                 assert {await call.code() for call in dropped} == {grpc.StatusCode.CANCELLED}
+            await stream.round_trip()
+            await stream.close()
+
+    _run(main)
+
+
+# --- 14: server keepalive ---------------------------------------------------------------------------------
+
+#: The keepalive servers' --grpc-keepalive: a silent client is pinged after 1 s and dropped 1 s later.
+KEEPALIVE_S = 1.0
+
+
+@pytest.fixture(scope="module", params=GRPC_SERVERS)
+def keepalive_server(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per implementation with a short keepalive, FP32 identity only."""
+    implementation: str = request.param
+    repo = tmp_path_factory.mktemp(f"grpc-keepalive-{implementation}") / "repo"
+    repo.mkdir()
+    model_factory.flat_identity_model(repo)
+    yield from _served(repo, implementation, ["--grpc-keepalive", str(KEEPALIVE_S)], {})
+
+
+@pytest.mark.parametrize("keepalive_server", ["native"], indirect=True)
+def test_a_client_gone_silent_is_pinged_then_dropped(keepalive_server: ServerProcess) -> None:
+    """A client that went away without closing (a host powered off, a NAT that forgot the flow) looks like one
+    that sends nothing and answers nothing: after --grpc-keepalive of silence the server pings it, and after no
+    answer it drops the connection, where without keepalive it would hold it forever. Native only: grpc.aio
+    (grpc 1.81, with the same keepalive options) sends its PING at the same moment but had not dropped the
+    connection 15 s later."""
+    with _connect(keepalive_server) as sock:
+        _send(sock, PREFACE + _frame(SETTINGS, 0, 0))
+        _first_settings(sock)
+        _send(sock, _frame(SETTINGS, ACK, 0))
+        frames: list[Frame] = []
+        while (frame := _read_frame(sock)) is not None:  # the socket's 10 s timeout fails a server that never drops it
+            frames.append(frame)
+    pings = [frame for frame in frames if frame[:2] == (PING, 0)]
+    assert pings, f"no keepalive PING before the close: {frames}"
+    _serves(keepalive_server)
+
+
+def test_a_client_that_answers_the_pings_keeps_its_connection(keepalive_server: ServerProcess) -> None:
+    """An idle grpc client answers the server's pings: its connection outlives several keepalive rounds."""
+
+    async def main() -> None:
+        async with _aio_channel(keepalive_server) as channel:
+            stream = _OpenStream(pb_grpc.GRPCInferenceServiceStub(channel))
+            await stream.round_trip()
+            await asyncio.sleep(4 * KEEPALIVE_S)
             await stream.round_trip()
             await stream.close()
 

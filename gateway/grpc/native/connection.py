@@ -65,6 +65,11 @@ WRITE_HIGH_WATER = 1 << 20
 #: A connection we ended is dropped after this long if the client has not closed its side (it does not
 #: read what is left to send, or goes on sending after our GOAWAY).
 CLOSE_GRACE_S = 5.0
+#: Server keepalive: a connection the client has sent nothing on for the dispatcher's ``keepalive_s`` gets a
+#: PING, and is dropped when nothing comes back within this long (or ``keepalive_s``, if shorter). A client
+#: gone without a word (a host powered off, a NAT that forgot the flow) is only found by a write.
+KEEPALIVE_TIMEOUT_S = 20.0
+KEEPALIVE_PING = b"tg-alive"
 #: Headers that are not the call's metadata (grpc's own, and HTTP's).
 _RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
 
@@ -82,6 +87,8 @@ class StreamFailed(Exception):
 
 class Dispatcher(Protocol):
     max_message_bytes: int
+    #: Seconds of silence from a client before its connection is pinged (0: never; see KEEPALIVE_TIMEOUT_S).
+    keepalive_s: float
 
     def connection_made(self, connection: Connection) -> None: ...
 
@@ -195,6 +202,9 @@ class Connection(asyncio.Protocol):
         self.reset_debt = 0.0  # rapid reset: see RESET_BURST
         self.reset_time = 0.0
         self.replies = 0  # frames queued in answer to the client's since our output drained
+        self.heard = False  # the client sent something since the keepalive last looked
+        self.probing = False  # a keepalive PING is out, unanswered so far
+        self.keepalive: asyncio.TimerHandle | None = None
 
     # -- the transport's side ---------------------------------------------------------------------
 
@@ -209,10 +219,14 @@ class Connection(asyncio.Protocol):
                                                   wire.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                                                   wire.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
                              + wire.window_update(0, CONNECTION_WINDOW - wire.DEFAULT_WINDOW))
+        if self.dispatcher.keepalive_s > 0:
+            self.keepalive = asyncio.get_running_loop().call_later(self.dispatcher.keepalive_s, self._keepalive)
         self.dispatcher.connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.keepalive is not None:
+            self.keepalive.cancel()
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             _reset(stream)
@@ -229,6 +243,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         if self.lingering:
             return
         buffer = self.buffer
@@ -649,6 +664,24 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self._flush()
             self.transport.close()
+
+    def _keepalive(self) -> None:
+        """Every ``keepalive_s``: a client heard from since the last look is alive; a silent one gets a PING; one
+        still silent after the PING's timeout is gone, and its connection is dropped (nothing would reach it)."""
+        interval = self.dispatcher.keepalive_s
+        loop = asyncio.get_running_loop()
+        if self.closed or self.lingering:
+            return
+        if self.heard:
+            self.heard = self.probing = False
+            self.keepalive = loop.call_later(interval, self._keepalive)
+        elif self.probing:
+            log.debug("grpc connection from %s dropped: no answer to a keepalive ping", self.peer)
+            self._drop()
+        else:
+            self.probing = True
+            self._queue(frame(wire.PING, 0, 0, KEEPALIVE_PING))
+            self.keepalive = loop.call_later(min(KEEPALIVE_TIMEOUT_S, interval), self._keepalive)
 
     def _drop(self) -> None:
         if self.transport is not None and not self.closed:
