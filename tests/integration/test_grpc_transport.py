@@ -80,13 +80,19 @@ def transport_server(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per implementation: FP32 identity, two slow models, statistics behind a key."""
     implementation: str = request.param
-    repo = tmp_path_factory.mktemp(f"grpc-transport-{implementation}") / "repo"
-    repo.mkdir()
-    model_factory.flat_identity_model(repo)
+    repo = _identity_repo(tmp_path_factory, f"grpc-transport-{implementation}")
     model_factory.slow_model(repo)  # two instances: for the deadline test
     model_factory.slow_model(repo, "slow_queue", config="instances: {count: 1}\n")  # for the cancellation test
     args = ["--max-request-bytes", str(MAX_REQUEST_BYTES), "--protect", f"statistics:{KEY_HEADER}"]
     yield from _served(repo, implementation, args, {"TENSORGATE_API_KEYS": API_KEY})
+
+
+def _identity_repo(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh model repository holding the FP32 identity model."""
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    repo.mkdir()
+    model_factory.flat_identity_model(repo)
+    return repo
 
 
 def _served(repo: Path, implementation: str, args: list[str], env: dict[str, str]) -> Iterator[ServerProcess]:
@@ -882,9 +888,7 @@ def keepalive_server(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per implementation with a short keepalive, FP32 identity only."""
     implementation: str = request.param
-    repo = tmp_path_factory.mktemp(f"grpc-keepalive-{implementation}") / "repo"
-    repo.mkdir()
-    model_factory.flat_identity_model(repo)
+    repo = _identity_repo(tmp_path_factory, f"grpc-keepalive-{implementation}")
     yield from _served(repo, implementation, ["--grpc-keepalive", str(KEEPALIVE_S)], {})
 
 
