@@ -242,6 +242,14 @@ def test_the_grpc_server_kind_flows_to_the_server() -> None:
     assert _serve_settings(aio).grpc_server == "aio"
 
 
+def test_the_grpc_keepalive_flows_to_the_server() -> None:
+    """grpc's two hours by default, as `tensorgate serve`'s own; 0 turns it off."""
+    default = server_container(manifests(render({})))["args"]
+    assert "--grpc-keepalive=7200" in default and _serve_settings(default).grpc_keepalive == 7200
+    off = server_container(manifests(render({"server": {"grpcKeepaliveSeconds": 0}})))["args"]
+    assert "--grpc-keepalive=0" in off and _serve_settings(off).grpc_keepalive == 0
+
+
 def test_defaults_are_locked_down() -> None:
     objects = render_set("defaults")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -478,6 +486,7 @@ def test_network_policy_admits_clients_to_rest_and_grpc_and_monitoring_to_metric
     ({"server": {"frontends": 0}}, "at '/server/frontends'"),
     ({"server": {"logFormat": "yaml"}}, "at '/server/logFormat'"),
     ({"server": {"grpcServer": "grpcio"}}, "at '/server/grpcServer'"),
+    ({"server": {"grpcKeepaliveSeconds": -1}}, "at '/server/grpcKeepaliveSeconds'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),
