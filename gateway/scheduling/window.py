@@ -97,7 +97,8 @@ class DepthChooser:
         if now - self._epoch_start >= EPOCH_S and self._batches >= EPOCH_BATCHES:
             before = self._loops.get(self.depth)
             if before and abs(self._loop - before) > NEW_LOAD * before:
-                self._served.clear()  # a new load: the other depth is measured next
+                self._served.clear()  # a new load: the other depth is measured next, against it
+                self._loops.clear()
                 self._plan.clear()
                 self._best, self._exploit = 0, EXPLOIT_EPOCHS
             self._served[self.depth] = self._rows / (now - self._epoch_start)

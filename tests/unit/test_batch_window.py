@@ -206,6 +206,16 @@ def test_a_new_load_is_measured_at_both_depths_at_once() -> None:
     assert depths[-batches_per_epoch:] == [2] * batches_per_epoch
 
 
+def test_a_new_load_is_decided_after_one_epoch_at_each_depth() -> None:
+    """The epoch that finds the new load and the one at the other depth decide it: the other depth's loop,
+    recorded under the old load, does not make its epoch look like yet another new load."""
+    chooser = DepthChooser()
+    now, _ = serve_epochs(chooser, 0.0, 300, 16, {1: 400.0, 2: 200.0})
+    _, depths = serve_epochs(chooser, now, 8, 64, {1: 400.0, 2: 800.0})
+    first_at_2 = depths.index(2)
+    assert 1 not in depths[first_at_2:], "depth 1 was measured again after the new load's comparison"
+
+
 def test_a_close_contest_is_measured_as_often_as_at_first() -> None:
     """Depths within CLEAR_WIN of each other: each comparison may go either way, so neither earns a longer plan."""
     chooser = DepthChooser()

@@ -668,10 +668,10 @@ class Connection(asyncio.Protocol):
     def _keepalive(self) -> None:
         """Every ``keepalive_s``: a client heard from since the last look is alive; a silent one gets a PING; one
         still silent after the PING's timeout is gone, and its connection is dropped (nothing would reach it)."""
-        interval = self.dispatcher.keepalive_s
-        loop = asyncio.get_running_loop()
         if self.closed or self.lingering:
             return
+        interval = self.dispatcher.keepalive_s
+        loop = asyncio.get_running_loop()
         if self.heard:
             self.heard = self.probing = False
             self.keepalive = loop.call_later(interval, self._keepalive)
