@@ -6,7 +6,8 @@
 #
 # BASE_DIR and NEW_DIR are source trees (e.g. `git archive HEAD | tar -x -C /tmp/base` and this
 # checkout), each served with this checkout's venv and PYTHONPATH set to the tree. Per round and
-# checkout it prints the bench line and the model's statistics over the point: mean µs per request
+# checkout it prints the bench line, the gateway's CPU per request, and the model's statistics over
+# the point: mean µs per request
 # from dispatch to the instance's start (in), infer, end to answers delivered (out), queue, and the
 # seconds the instance computed (warm-up included). Environment: REPO (default /tmp/tg-anchor-ts, see
 # ../shared/anchors/README.md), MODEL (mlp), PROTO (rest-json), CONC (16), DUR (8 s), PORT (9100).
@@ -38,7 +39,9 @@ for round in $(seq "$rounds"); do
     line=$("$python" -m benchmarks.cli --url "http://127.0.0.1:$port" --grpc-url "127.0.0.1:$((port + 1))" \
       --server-pid "$pid" --model "$model" --protocol "$proto" --concurrency "$conc" --duration "$dur" --warmup 2 \
       --no-offline --output-dir "$out" --name "$name-$round" 2>&1 | grep -E "req/s, " || true)
-    echo "round $round $name $(date +%T) load $(cut -d' ' -f1 /proc/loadavg): ${line# *} | $(stats)"
+    # The results table's last column: the gateway's CPU per request, from /proc.
+    cpu=$(grep -E "^\| $model \| $proto \| $conc \|" "$out/$name-$round.md" | awk -F'|' '{print $(NF-1)}' | tr -d ' ')
+    echo "round $round $name $(date +%T) load $(cut -d' ' -f1 /proc/loadavg): ${line# *} | gateway ${cpu:-?} µs/req | $(stats)"
     kill -TERM "$pid"
     wait "$pid" || true
   done

@@ -194,6 +194,57 @@ def test_decode_empty_tensor() -> None:
     assert request.inputs[0].data.shape == (0, 4)
 
 
+# --- decode_request: numbers read off simdjson's tape ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("datatype", "data"), [
+    ("FP32", [0.1, 1, -2.5, 3.4028234663852886e38, 1e-45]),
+    ("FP64", [0.1, 1, -2.5, 1.7976931348623157e308, 5e-324]),
+    ("FP16", [0.1, 1, -2.5, 65504.0, 6e-8]),
+    ("INT64", [-9223372036854775808, 0, 9223372036854775807, 1, -1]),
+    ("UINT64", [0, 18446744073709551615, 9223372036854775808, 1, 2]),
+    ("INT8", [-128, 127, 0, 1, -1]),
+    ("UINT32", [0, 4294967295, 1, 2, 3]),
+])
+def test_tape_numbers_are_exactly_the_values_numpy_makes(datatype: str, data: list[Any]) -> None:
+    """The fast path rounds as numpy does from Python floats (through float64), and keeps every
+    integer exact (numpy's general path would read a list holding 2**64 - 1 as float64)."""
+    (tensor,) = _decode({"inputs": [_input(datatype=datatype, shape=[1, 5], data=data)]}).inputs
+    dtype = tensor.data.dtype
+    expected = (np.array(data, dtype=np.float64).astype(dtype) if dtype.kind == "f"
+                else np.array(data, dtype=dtype)).reshape(1, 5)
+    assert tensor.data.dtype == expected.dtype and tensor.data.tobytes() == expected.tobytes()
+
+
+def test_tape_numbers_unwrap_single_element_lists() -> None:
+    (tensor,) = _decode({"inputs": [_input(shape=[1, 1, 3], data=[[[1.5, 2, 3]]])]}).inputs
+    assert tensor.data.shape == (1, 1, 3) and tensor.data.tolist() == [[[1.5, 2, 3]]]
+
+
+def test_a_mix_of_lists_and_numbers_that_adds_up_is_read_in_order() -> None:
+    """Only the fast path takes this (numpy calls it inhomogeneous): a top level of ``count``
+    elements that flattens to ``count`` numbers, read in order, as Triton reads nested data."""
+    (tensor,) = _decode({"inputs": [_input(shape=[2], data=[[1], 2])]}).inputs
+    assert tensor.data.tolist() == [1, 2]
+
+
+def test_a_mix_that_does_not_add_up_is_still_ragged() -> None:
+    with pytest.raises(InvalidRequest, match="input 'x': data is not a regular array"):
+        _decode({"inputs": [_input(shape=[2], data=[[1, 2], 3])]})
+
+
+def test_an_integer_past_64_bits_is_malformed_json() -> None:
+    with pytest.raises(InvalidRequest, match="malformed JSON in request body: BIGINT_ERROR"):
+        decode_request(b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1' + b"0" * 30 + b']}]}',
+                       None, "m", None)
+
+
+def test_a_repeated_key_takes_its_first_value() -> None:
+    header = (b'{"id": "first", "id": "second",'
+              b' "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}')
+    assert decode_request(header, None, "m", None).id == "first"
+
+
 # --- decode_request: the binary extension --------------------------------------------------------------------
 
 
