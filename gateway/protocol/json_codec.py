@@ -272,7 +272,7 @@ def _json_data(name: str, data: np.ndarray) -> Any:
             raise InvalidRequest(
                 f"output '{name}' holds bytes that are not UTF-8; request it with binary_data: true"
             ) from None
-    if data.dtype.kind == "V" or data.dtype.name == "bfloat16":
+    if data.dtype.kind == "V":  # ml_dtypes' bfloat16 (a numpy dtype of kind V)
         flat = flat.astype(np.float32)
     return np.ascontiguousarray(flat)
 

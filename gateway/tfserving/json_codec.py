@@ -181,7 +181,7 @@ def _json_value(output: InferOutput) -> Any:
         flat = np.empty(data.size, dtype=object)
         flat[:] = [_string_value(e, binary) for e in data.reshape(-1)]
         return flat.reshape(data.shape).tolist()
-    if data.dtype.kind == "V" or data.dtype.name == "bfloat16":
+    if data.dtype.kind == "V":  # ml_dtypes' bfloat16 (a numpy dtype of kind V)
         data = data.astype(np.float32)
     return np.ascontiguousarray(data)
 

@@ -8,7 +8,9 @@ JSON at info level with the access log.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -141,6 +143,25 @@ def _traffic(server: ServerProcess) -> None:
     _until(lambda: _cancelled(server) >= 3, "the cancelled requests to be counted", server)
 
 
+def _reach_every_frontend(server: ServerProcess) -> None:
+    """At info, a frontend logs only the requests it served (access lines), and SO_REUSEPORT spreads
+    connections by a hash: _traffic's dozen connections all landed on one frontend about once in a
+    hundred runs. New connections go on until each frontend has logged one."""
+    frontends = {f"frontend-{i}" for i in range(int(os.environ.get("TENSORGATE_FRONTENDS", "2")))}
+
+    def logged() -> set[str]:
+        seen = set()
+        for line in server.log().splitlines():
+            with contextlib.suppress(ValueError):  # the line being written
+                seen.add(json.loads(line).get("process"))
+        return seen
+
+    deadline = time.monotonic() + 60
+    while not frontends <= logged():
+        assert time.monotonic() < deadline, f"a frontend served no request:\n{server.log()}"
+        assert httpx.get(f"{server.http_url}/v2/health/live", timeout=60).status_code == 200  # a new connection
+
+
 def _cancelled(server: ServerProcess) -> float:
     samples = _samples(httpx.get(server.metrics_url, timeout=60).text, "tensorgate_requests_total")
     return sum(value for labels, value in samples.items() if ("outcome", "cancelled") in labels)
@@ -181,6 +202,7 @@ def json_server(repo: Path) -> Iterator[ServerProcess]:
     server.start(timeout=120)
     try:
         _traffic(server)
+        _reach_every_frontend(server)
     finally:
         code = server.stop()
     assert code == 0, server.log()
