@@ -204,8 +204,17 @@ class ModelLifecycle:
         await asyncio.gather(*changes)
 
     def _scan_with_prints(self, prints: bool) -> list[tuple[ModelEntry, str]]:
-        """Every model folder, with its fingerprint when ``prints`` (poll mode compares them)."""
-        return [(entry, fingerprint(entry.path) if prints else "") for entry in scan_repository(self.repository.root)]
+        """Every model folder, with its fingerprint when ``prints`` (poll mode compares them).
+
+        The fingerprints are taken before the folders are read. Taken after, a config file caught
+        half-written (``write_text`` truncates first) was read broken while its print already held the
+        finished bytes: the next poll saw no change, and the model stayed broken for good. Taken
+        before, a file written in between shows as a change at the next poll. (A folder that appears
+        in between gets no print: the next poll looks at it again, and reloads only what changed.)
+        """
+        root = self.repository.root
+        before = {name: fingerprint(root / name) for name in model_folders(root)} if prints else {}
+        return [(entry, before.get(entry.name, "")) for entry in scan_repository(root)]
 
     async def _poll_one(self, model: Model, entry: ModelEntry, print_: str) -> None:
         async with model.lock:

@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 
+from gateway import lifecycle as lifecycle_module
 from gateway.contract import UNLOADED, LoadModel, Signature, TensorSpec, WarmUp
 from gateway.lifecycle import NOT_EXPLICIT, ModelLifecycle, WarmupError, warmup_samples
 from gateway.protocol.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from gateway.repository import layout
+from gateway.repository.layout import ModelEntry
 from gateway.repository.repository import Model, Repository, State
 from gateway.workers.ipc import CallFailed, ConnectionGone, Failure
 
@@ -367,6 +370,32 @@ def test_poll_loads_new_versions_reloads_changes_and_unloads_removed_models(tmp_
         assert "b" not in h.repository.models
         await h.settle()
         assert (b1, h.generation) in h.pool.unloads
+    run(scenario())
+
+
+def test_a_config_read_half_written_is_read_again_at_the_next_poll(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll that reads a config file while its writer has only truncated it (the model then fails to
+    load) must look again at the next poll, when the file is whole: the integration suite's poll test
+    once stayed broken for good because the scan's fingerprint was taken after the read."""
+    folder = _model(tmp_path, "a")
+    real_scan = layout.scan_repository
+
+    def scan_while_the_writer_finishes(root: Path) -> list[ModelEntry]:
+        entries = real_scan(root)  # reads the truncated file
+        (folder / "config.yaml").write_text(CONFIG + "instances: {count: 2}\n")  # the writer is done
+        monkeypatch.setattr(lifecycle_module, "scan_repository", real_scan)
+        return entries
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, "poll")
+        await h.lifecycle.start()
+        (folder / "config.yaml").write_text("")
+        monkeypatch.setattr(lifecycle_module, "scan_repository", scan_while_the_writer_finishes)
+        await h.lifecycle.poll()
+        assert "platform" in h.model("a").versions[1].reason  # the half-written file, read broken
+        await h.lifecycle.poll()
+        assert h.pool.loaded[h.keys("a")[1]].instances == 2
     run(scenario())
 
 
