@@ -50,6 +50,7 @@ from gateway.repository.layout import (
     model_folders,
     read_model,
     scan_repository,
+    version_prints,
 )
 from gateway.repository.pbtxt import load_override
 from gateway.repository.repository import Model, ModelVersion, Repository, State
@@ -119,7 +120,7 @@ class ModelLifecycle:
                 log_event(log, "model_load_failed", level=logging.ERROR, model=name, reason=reason)
                 self._on_change()
                 return
-            await self._update(model, entry, force=True)
+            await self._update(model, entry, force=True, reread=True)
 
     async def load(self, name: str, override: str | None = None) -> None:
         """The repository API's load: (re)load ``name`` now, from its folder or with ``override`` (Triton's
@@ -203,25 +204,20 @@ class ModelLifecycle:
                 changes.append(self._poll_one(model, entry, print_))
         await asyncio.gather(*changes)
 
-    def _scan_with_prints(self, prints: bool) -> list[tuple[ModelEntry, str]]:
-        """Every model folder, with its fingerprint when ``prints`` (poll mode compares them).
+    def _printed_then_read(self, entry: ModelEntry) -> tuple[dict[int, str], ModelEntry]:
+        prints = version_prints(entry.path)
+        return prints, read_model(self.repository.root, entry.name) or entry
 
-        The fingerprints are taken before the folders are read. Taken after, a config file caught
-        half-written (``write_text`` truncates first) was read broken while its print already held the
-        finished bytes: the next poll saw no change, and the model stayed broken for good. Taken
-        before, a file written in between shows as a change at the next poll. (A folder that appears
-        in between gets no print: the next poll looks at it again, and reloads only what changed.)
-        """
-        root = self.repository.root
-        before = {name: fingerprint(root / name) for name in model_folders(root)} if prints else {}
-        return [(entry, before.get(entry.name, "")) for entry in scan_repository(root)]
+    def _scan_with_prints(self, prints: bool) -> list[tuple[ModelEntry, str]]:
+        """Every model folder, with its fingerprint when ``prints`` (poll mode compares them)."""
+        return [(entry, fingerprint(entry.path) if prints else "") for entry in scan_repository(self.repository.root)]
 
     async def _poll_one(self, model: Model, entry: ModelEntry, print_: str) -> None:
         async with model.lock:
             if self.closing or self.repository.models.get(model.name) is not model:
                 return
             log_event(log, "model_changed", model=model.name)
-            await self._update(model, entry, force=False)
+            await self._update(model, entry, force=False, reread=True)
             model.scanned = print_
 
     async def _remove(self, model: Model) -> None:
@@ -276,13 +272,22 @@ class ModelLifecycle:
 
     # --- one model's change --------------------------------------------------------------------------
 
-    async def _update(self, model: Model, entry: ModelEntry, force: bool) -> str | None:
+    async def _update(self, model: Model, entry: ModelEntry, force: bool, reread: bool = False) -> str | None:
         """Serve ``entry`` for ``model`` (its lock held): load what is new or changed (everything with
-        ``force``) beside what serves, then switch; None on success, else why not."""
+        ``force``) beside what serves, then switch; None on success, else why not.
+
+        ``reread`` (an entry from the scan): take the fingerprints, then read the folder again and serve
+        that. The scan read it before, and a file written in between would be recorded as loaded
+        while the instance ran the older file: poll mode would see no change, and the older file
+        would serve for good (a config caught half-written by the scan: a broken model for good).
+        """
+        if reread:
+            prints, entry = await asyncio.to_thread(self._printed_then_read, entry)
         serving_before = model.serving()
         if entry.config is None or not entry.versions:
             return self._unusable(model, entry, serving_before)
-        prints = await asyncio.to_thread(lambda: {v: fingerprint(entry.path, v) for v in entry.versions})
+        if not reread:
+            prints = await asyncio.to_thread(lambda: {v: fingerprint(entry.path, v) for v in entry.versions})
         names = tuple(str(v) for v in entry.versions)
         records: dict[int, ModelVersion] = {}
         todo: list[tuple[ModelVersion, ModelVersion]] = []
@@ -293,7 +298,7 @@ class ModelLifecycle:
             elif not mv.serving:
                 mv.entry, mv.state, mv.reason = entry, State.LOADING, ""
             records[version] = mv
-            if mv.serving and not force and mv.fingerprint == prints[version]:
+            if mv.serving and not force and mv.fingerprint == prints.get(version):
                 continue
             candidate = ModelVersion(model.name, version, entry, versions=names, generation=next(self._generations))
             todo.append((mv, candidate))

@@ -105,6 +105,15 @@ def fingerprint(folder: Path, version: int | None = None) -> str:
     return digest.hexdigest()
 
 
+def version_prints(folder: Path) -> dict[int, str]:
+    """``fingerprint(folder, v)`` for every version folder ``v`` present now."""
+    try:
+        versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    except OSError:
+        return {}
+    return {version: fingerprint(folder, version) for version in versions}
+
+
 def _digest_files(update: Callable[[bytes], None], top: Path) -> None:
     for directory, folders, files in os.walk(top, followlinks=True):
         folders.sort()

@@ -373,11 +373,11 @@ def test_poll_loads_new_versions_reloads_changes_and_unloads_removed_models(tmp_
     run(scenario())
 
 
-def test_a_config_read_half_written_is_read_again_at_the_next_poll(tmp_path: Path,
+def test_a_config_caught_half_written_by_the_scan_is_served_once_whole(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A poll that reads a config file while its writer has only truncated it (the model then fails to
-    load) must look again at the next poll, when the file is whole: the integration suite's poll test
-    once stayed broken for good because the scan's fingerprint was taken after the read."""
+    """A poll that reads a config file while its writer has only truncated it must end up serving the
+    whole file: the integration suite's poll test once stayed broken for good (the load recorded the
+    fingerprint of the finished file, taken after the scan read the empty one)."""
     folder = _model(tmp_path, "a")
     real_scan = layout.scan_repository
 
@@ -393,9 +393,33 @@ def test_a_config_read_half_written_is_read_again_at_the_next_poll(tmp_path: Pat
         (folder / "config.yaml").write_text("")
         monkeypatch.setattr(lifecycle_module, "scan_repository", scan_while_the_writer_finishes)
         await h.lifecycle.poll()
-        assert "platform" in h.model("a").versions[1].reason  # the half-written file, read broken
         await h.lifecycle.poll()
         assert h.pool.loaded[h.keys("a")[1]].instances == 2
+    run(scenario())
+
+
+def test_a_config_written_just_after_the_scan_read_it_is_served(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config written between the scan's read and the fingerprints of the load that follows: the
+    load must serve the file its fingerprints describe, or the next poll sees no change and the
+    older config serves for good."""
+    folder = _model(tmp_path, "a")
+    real_scan = layout.scan_repository
+
+    def scan_then_write(root: Path) -> list[ModelEntry]:
+        entries = real_scan(root)  # reads count 2
+        (folder / "config.yaml").write_text(CONFIG + "instances: {count: 3}\n")
+        monkeypatch.setattr(lifecycle_module, "scan_repository", real_scan)
+        return entries
+
+    async def scenario() -> None:
+        h = Harness(tmp_path, "poll")
+        await h.lifecycle.start()
+        (folder / "config.yaml").write_text(CONFIG + "instances: {count: 2}\n")
+        monkeypatch.setattr(lifecycle_module, "scan_repository", scan_then_write)
+        await h.lifecycle.poll()
+        await h.lifecycle.poll()
+        assert h.pool.loaded[h.keys("a")[1]].instances == 3
     run(scenario())
 
 
