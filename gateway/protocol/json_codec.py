@@ -211,11 +211,27 @@ def _array_from_json(data: object, datatype: str, shape: tuple[int, ...], name: 
         )
     if dtype.kind == "O":
         return _bytes_from_json(parsed, name).reshape(shape)
+    if dtype.kind in "iu" and parsed.dtype.kind == "f":
+        parsed = _exact_integers(data, parsed.shape, dtype, datatype, name)
     allowed = _NUMERIC_KINDS.get(dtype.kind, "biuf")
     if parsed.size and parsed.dtype.kind not in allowed:
         raise InvalidRequest(f"input '{name}': data elements are not valid {datatype} values")
     _check_range(parsed, dtype, datatype, name)
     return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(data: list[Any], shape: tuple[int, ...], dtype: np.dtype[Any], datatype: str,
+                    name: str) -> np.ndarray:
+    """An integer tensor's data that numpy read as float64: integers past int64 (2**63 and up) make
+    numpy promote the whole list, and float64 rounds every value past 2**53. Read exactly instead,
+    or refused if an element is not an integer."""
+    flat = np.asarray(data, dtype=object).reshape(-1)
+    if not all(type(value) is int for value in flat):
+        raise InvalidRequest(f"input '{name}': data elements are not valid {datatype} values")
+    info = np.iinfo(dtype)
+    if min(flat) < info.min or max(flat) > info.max:
+        raise InvalidRequest(f"input '{name}': data is out of range for {datatype}")
+    return np.array(flat.tolist(), dtype=dtype).reshape(shape)
 
 
 #: How simdjson reads a numeric tensor kind off its tape (``Array.as_buffer``), and numpy's name for it.

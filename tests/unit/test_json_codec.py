@@ -216,6 +216,26 @@ def test_tape_numbers_are_exactly_the_values_numpy_makes(datatype: str, data: li
     assert tensor.data.dtype == expected.dtype and tensor.data.tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("datatype", ["UINT64", "INT64"])
+def test_nested_integers_past_2_53_stay_exact(datatype: str) -> None:
+    """Nested lists take the general path, where numpy would read them through float64."""
+    big = 2**64 - 1 if datatype == "UINT64" else 2**63 - 1
+    data = [[big, 2**53 + 1], [1, 2]]
+    if datatype == "UINT64":
+        data[1][0] = 2**63  # the value that makes numpy promote a list of Python ints to float64
+    (tensor,) = _decode({"inputs": [_input(datatype=datatype, shape=[2, 2], data=data)]}).inputs
+    assert tensor.data.tolist() == data
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ([[2**63, 1.5], [1, 2]], "data elements are not valid UINT64 values"),
+    ([[2**63, -1], [1, 2]], "data is out of range for UINT64"),
+])
+def test_nested_integers_past_int64_are_checked(data: list[Any], error: str) -> None:
+    with pytest.raises(InvalidRequest, match=error):
+        _decode({"inputs": [_input(datatype="UINT64", shape=[2, 2], data=data)]})
+
+
 def test_tape_numbers_unwrap_single_element_lists() -> None:
     (tensor,) = _decode({"inputs": [_input(shape=[1, 1, 3], data=[[[1.5, 2, 3]]])]}).inputs
     assert tensor.data.shape == (1, 1, 3) and tensor.data.tolist() == [[[1.5, 2, 3]]]
