@@ -100,6 +100,9 @@ class FrontendPool:
     async def stop(self, grace_s: float) -> None:
         """Have every frontend close its listeners (``grace_s`` to send what it has) and exit."""
         self._closing = True
+        for frontend in self._frontends.values():
+            # A frontend exits right after it answers Stop: its exit may be seen before stop() below.
+            frontend.exit_expected()
         await self._each(Stop(grace_s))
         await asyncio.gather(*(f.stop(timeout=grace_s + 10) for f in self._frontends.values()))
 

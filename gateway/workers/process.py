@@ -69,6 +69,10 @@ class ChildProcess:
         assert self.peer is not None
         return await self.peer.call(body)
 
+    def exit_expected(self) -> None:
+        """The child is about to be told to exit: when it does, that is no failure (not logged, not replaced)."""
+        self._closing = True
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Close the connection (the child exits on end of stream) and reap the process."""
         self._closing = True
