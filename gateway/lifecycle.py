@@ -205,6 +205,7 @@ class ModelLifecycle:
         await asyncio.gather(*changes)
 
     def _printed_then_read(self, entry: ModelEntry) -> tuple[dict[int, str], ModelEntry]:
+        """The folder's version fingerprints, then the folder read afresh (the scan's entry if it is gone)."""
         prints = version_prints(entry.path)
         return prints, read_model(self.repository.root, entry.name) or entry
 

@@ -245,9 +245,10 @@ def _tape_numbers(data: simdjson.Array, dtype: np.dtype, count: int) -> np.ndarr
     shape [1, n]), read off the tape in one call; None when the general path must decide.
 
     ``as_buffer`` flattens nested lists and refuses any element of another type (a bool, a string,
-    a float for an integer tensor) or out of its range (a negative number for an unsigned one). A list whose top level
-    holds ``count`` elements and flattens to ``count`` numbers is read as flat: a ragged mix of lists
-    and numbers that happens to add up (``[[1], 2]`` for shape [2]) is read in order, as Triton does.
+    a float for an integer tensor) or out of its range (a negative number for an unsigned one). A
+    list whose top level holds ``count`` elements and flattens to ``count`` numbers is read as flat:
+    a ragged mix of lists and numbers that happens to add up (``[[1], 2]`` for shape [2]) is read in
+    order, as Triton does.
     """
     tape_type = _TAPE_TYPES.get(dtype.kind)
     if tape_type is None:
