@@ -134,13 +134,12 @@ class Peer(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._outgoing: list[bytes | memoryview] = []
         self.closed = asyncio.Event()
-
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None and not self.closed.is_set()
+        #: Made and not lost yet (a plain attribute: it is read several times for every request).
+        self.connected = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.connected = True
 
     def data_received(self, data: bytes) -> None:
         for message in self._decoder.feed(data):
@@ -155,6 +154,7 @@ class Peer(asyncio.Protocol):
                 self._answer(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
         self._writable.set()
         self.closed.set()
         for future in self._pending.values():
@@ -187,10 +187,16 @@ class Peer(asyncio.Protocol):
     def notify(self, body: Any, flush: bool = False) -> None:
         """Send ``body`` without waiting for anything (dropped if the connection is closed);
         ``flush``: write it (and whatever is queued) now, not at the end of this loop turn."""
-        if self.connected:
-            self._write(Envelope(0, body))
-            if flush:
-                self._flush()
+        if not self.connected:
+            return
+        if flush and not self._outgoing:  # nothing queued: write it now, with no flush scheduled
+            assert self._transport is not None
+            if not self._transport.is_closing():
+                self._transport.writelines(encode(Envelope(0, body)))
+            return
+        self._write(Envelope(0, body))
+        if flush:
+            self._flush()
 
     def close(self) -> None:
         if self._transport is not None:
@@ -220,7 +226,7 @@ class Peer(asyncio.Protocol):
         except Exception as exc:
             self._reply(message, Failure("internal", f"{type(exc).__name__}: {exc}"))
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # (a notice's handler returns None)
             task = asyncio.ensure_future(self._finish(message, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
