@@ -9,10 +9,13 @@ For each of the example digits models in the repository (``model_repo`` by defau
 them with ``make model_repo``), the script loads the model through the same adapter a runtime worker
 uses, once on the CPU (the reference) and once on ``--device``; sends scikit-learn's digits
 test split through both; checks that the device's logits match the CPU's within ``--atol``;
-and times a few batch sizes on the device (median of ``--repeats`` runs after a warm-up,
-host-to-device copies and results back on the host included). It prints one table row per
-model. A model that cannot be loaded on the device (a framework build without CUDA, say) is
-reported with the reason. A model whose framework is not installed here (no TensorFlow on the
+and times a few batch sizes on the device (median of ``--repeats`` runs after a warm-up; each
+batch arrives as two requests that the adapter gathers as a worker does, so the gather, the
+host-to-device copies and the results back on the host are included). The "inputs staged" column says
+where the adapter gathered a batch's inputs: ``pinned`` host memory (the torch adapters on a GPU:
+one host copy, then one DMA copy per batch), ``pageable`` memory, or ``host`` (the device is the CPU).
+It prints one table row per model. A model that cannot be loaded on the device (a framework build
+without CUDA, say) is reported with the reason. A model whose framework is not installed here (no TensorFlow on the
 GPU machine, say) is skipped, with the missing module named. LiteRT (``tflite``) has no NVIDIA
 GPU delegate: its models run on the CPU whatever ``--device`` says, and their row says so. An
 AOTInductor package runs only on the device type it was compiled for, so for a GPU the script
@@ -64,6 +67,7 @@ class Result:
     platform: str
     device: str
     status: str = "ok"
+    staged: str = "-"
     max_diff: float | None = None
     millis: dict[int, float] = field(default_factory=dict)
 
@@ -110,9 +114,28 @@ def _on_device(spec: LoadModel, device: str, build: types.ModuleType, staging: P
     return replace(moved, path=str(version))
 
 
+def _requests(x: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """``x`` as the worker would see it from two clients (one, for a single row)."""
+    half = (len(x) + 1) // 2
+    return [{"input": x[:half]}, {"input": x[half:]}] if len(x) > 1 else [{"input": x}]
+
+
+def _execute(adapter: RuntimeAdapter, x: np.ndarray) -> np.ndarray:
+    return adapter.execute(adapter.gather(_requests(x)), ["logits"])["logits"]
+
+
 def _run_all(adapter: RuntimeAdapter, x: np.ndarray, batch: int) -> np.ndarray:
-    parts = [adapter.execute({"input": x[i : i + batch]}, ["logits"])["logits"] for i in range(0, len(x), batch)]
-    return np.concatenate(parts)
+    return np.concatenate([_execute(adapter, x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _staged(adapter: RuntimeAdapter, device: str, x: np.ndarray) -> str:
+    """Where the adapter gathers a batch: ``pinned`` or ``pageable`` host memory, or ``host`` on the CPU."""
+    if device == "cpu":
+        return "host"
+    gathered = adapter.gather(_requests(x[:4]))["input"]
+    torch = sys.modules.get("torch")
+    pinned = torch is not None and torch.from_numpy(np.ascontiguousarray(gathered)).is_pinned()
+    return "pinned" if pinned else "pageable"
 
 
 def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: float) -> list[Result]:
@@ -141,6 +164,7 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
             result.status = f"unavailable: {exc}"
             continue
         largest = spec.max_batch_size or len(x)
+        result.staged = _staged(adapter, target, x)
         on_device = _run_all(adapter, x, largest)
         result.max_diff = float(np.max(np.abs(on_device - reference)))
         if not np.allclose(on_device, reference, rtol=0, atol=atol):
@@ -148,12 +172,12 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
         for size in batch_sizes:
             if size > largest:
                 continue
-            batch = {"input": np.ascontiguousarray(np.resize(x, (size, x.shape[1])))}
-            adapter.execute(batch, ["logits"])  # warm-up: allocators, lazy initialisation
+            batch = np.ascontiguousarray(np.resize(x, (size, x.shape[1])))
+            _execute(adapter, batch)  # warm-up: allocators, lazy initialisation
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                adapter.execute(batch, ["logits"])
+                _execute(adapter, batch)
                 times.append(time.perf_counter() - started)
             result.millis[size] = statistics.median(times) * 1000
         adapter.close()
@@ -164,12 +188,13 @@ def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: f
 
 
 def table(results: list[Result], batch_sizes: list[int]) -> str:
-    head = ["model", "platform", "device", "status", "max |diff| vs cpu",
+    head = ["model", "platform", "device", "inputs staged", "status", "max |diff| vs cpu",
             *(f"ms @ batch {b}" for b in batch_sizes), f"rows/s @ batch {batch_sizes[-1]}"]
     rows = [head, ["---"] * len(head)]
     for r in results:
         rate = f"{batch_sizes[-1] / r.millis[batch_sizes[-1]] * 1000:,.0f}" if batch_sizes[-1] in r.millis else "-"
-        rows.append([r.model, r.platform, r.device, r.status, "-" if r.max_diff is None else f"{r.max_diff:.2e}",
+        rows.append([r.model, r.platform, r.device, r.staged, r.status,
+                     "-" if r.max_diff is None else f"{r.max_diff:.2e}",
                      *(f"{r.millis[b]:.3f}" if b in r.millis else "-" for b in batch_sizes), rate])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gateway.contract import LoadModel, Signature
+from gateway.scheduling.scheduler import Inputs, gather
 
 
 class ModelLoadError(Exception):
@@ -35,6 +36,11 @@ class RuntimeAdapter(ABC):
     @abstractmethod
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Run one batch and return the named outputs."""
+
+    def gather(self, batch: list[Inputs]) -> Inputs:
+        """The batch's requests as one input per name, for ``execute``: concatenated with numpy (a lone
+        request as it is). An adapter whose device copies faster from other memory gathers into that."""
+        return gather(batch)
 
     def close(self) -> None:  # noqa: B027 - optional hook; most adapters free memory on GC
         """Release the model's resources."""

@@ -12,6 +12,7 @@ batch size). Rows must be independent of each other, which dynamic batching assu
 """
 
 import bisect
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,9 +41,10 @@ def padded_size(rows: int, sizes: tuple[int, ...]) -> int:
     return sizes[index] if index < len(sizes) else rows
 
 
-def gather_padded(batch: list[Inputs], sizes: tuple[int, ...]) -> tuple[Inputs, int, int]:
-    """The batch's inputs gathered (padded with zero rows when a listed size fits), its real rows and
-    the rows it runs at."""
+def gather_padded(batch: list[Inputs], sizes: tuple[int, ...],
+                  gather: Callable[[list[Inputs]], Inputs] = gather) -> tuple[Inputs, int, int]:
+    """The batch's inputs gathered with ``gather`` (padded with zero rows when a listed size fits), its
+    real rows and the rows it runs at."""
     first = next(iter(batch[0]))
     rows = sum(inputs[first].shape[0] for inputs in batch)
     size = padded_size(rows, sizes)

@@ -13,8 +13,8 @@ so models in one worker keep their own. ``inter_op_threads`` (default 1) only se
 TorchScript's ``fork``; torch fixes it once per process, so the first model loaded in the
 worker decides it.
 
-Device: ``cuda:N`` moves the weights there; each batch is staged in pinned host memory,
-copied to the GPU once, and its outputs copied back once.
+Device: ``cuda:N`` moves the weights there; each batch is gathered straight into pinned host memory
+(``runtimes/staging.py``), copied to the GPU once, and its outputs copied back once.
 """
 
 import contextlib
@@ -32,7 +32,9 @@ import torch
 
 from gateway.contract import LoadModel, Signature
 from gateway.logs import log_event
+from gateway.scheduling.scheduler import Inputs
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter, cuda_index, default_threads
+from runtimes.staging import gather_into, pinned_bytes
 
 log = logging.getLogger("tensorgate.torch")
 
@@ -81,6 +83,12 @@ class TorchAdapter(RuntimeAdapter):
     @abstractmethod
     def run(self, args: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
         """Call the model."""
+
+    def gather(self, batch: list[Inputs]) -> Inputs:
+        """On a GPU, into pinned memory (``to_torch`` then copies it to the device as it is)."""
+        if self.device.type == "cuda":
+            return gather_into(batch, pinned_bytes)
+        return super().gather(batch)
 
     def execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         if torch.get_num_threads() != self.threads:
@@ -191,7 +199,8 @@ def torch_device(device: str) -> torch.device:
 
 
 def to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A tensor over ``array`` (no copy on the CPU); on a GPU, staged in pinned memory and copied once."""
+    """A tensor over ``array`` (no copy on the CPU); on a GPU, copied there once (pinned first, unless
+    ``TorchAdapter.gather`` already put it in pinned memory: ``pin_memory`` is then a no-op)."""
     if array.dtype == ml_dtypes.bfloat16:
         tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
     else:

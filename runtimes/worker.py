@@ -65,7 +65,7 @@ from gateway.contract import (
 from gateway.logs import configure, log_event
 from gateway.process_metrics import own_families
 from gateway.protocol.errors import InferenceFailed, InvalidRequest, TensorGateError
-from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler, gather
+from gateway.scheduling.scheduler import ExecuteResult, Inputs, Pending, Scheduler
 from gateway.scheduling.stats import ModelStats, failure_reason
 from gateway.workers.arena import Arena
 from gateway.workers.ipc import CallFailed, Failure, Peer
@@ -151,10 +151,10 @@ class HostedModel:
         name = self.spec.model_name
         try:
             if self._padding:
-                inputs, rows, size = gather_padded(batch, self._padding)
+                inputs, rows, size = gather_padded(batch, self._padding, self.adapter.gather)
                 result = unpadded(self.adapter.execute(inputs, outputs), rows, size)
             else:
-                result = self.adapter.execute(gather(batch), outputs)
+                result = self.adapter.execute(self.adapter.gather(batch), outputs)
         except InvalidInput as exc:
             raise InvalidRequest(f"model '{name}': {exc}") from None
         except Exception as exc:

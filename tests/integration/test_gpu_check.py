@@ -25,8 +25,8 @@ def test_gpu_check_runs_every_example_model_on_the_cpu(shared_repo: Path) -> Non
             for line in run.stdout.splitlines() if line.startswith("| digits_")}
     assert set(rows) == set(MODELS), run.stdout
     for model, platform in MODELS.items():
-        _, shown_platform, device, status, diff, *millis, _ = rows[model]
-        assert (shown_platform, device, status) == (platform, "cpu", "ok"), rows[model]
+        _, shown_platform, device, staged, status, diff, *millis, _ = rows[model]
+        assert (shown_platform, device, staged, status) == (platform, "cpu", "host", "ok"), rows[model]
         assert float(diff) == 0.0  # the device is the CPU: the same adapter twice
         assert len(millis) == 3 and all(float(m) > 0 for m in millis), rows[model]
 

@@ -93,6 +93,19 @@ def test_torch_adapters_match_the_reference(digits: tuple[Path, np.ndarray, np.n
     np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-5)
 
 
+def test_torch_on_the_cpu_gathers_with_numpy_and_passes_a_lone_request_as_it_is(
+    digits: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
+    from runtimes.torchscript import TorchScriptAdapter
+
+    repo, x, _ = digits
+    adapter = TorchScriptAdapter(_spec(repo / "digits_torchscript" / "1", "torchscript", inputs=[("input", "FP32")],
+                                       outputs=[("logits", "FP32")]))
+    lone = {"input": x[:3]}
+    assert adapter.gather([lone])["input"] is lone["input"]  # no copy: torch reads the arena's bytes
+    assert np.array_equal(adapter.gather([{"input": x[:2]}, {"input": x[2:5]}])["input"], x[:5])
+
+
 def test_torchscript_binds_inputs_by_name_or_position_and_maps_outputs(tmp_path: Path) -> None:
     import torch
 
