@@ -83,7 +83,8 @@ class Frontend:
         self.grpc = create_grpc_server(self.plane, f"{settings.host}:{settings.grpc_port}", settings.max_request_bytes,
                                        self.shm, settings.grpc_server, None if self.tls is None else self.tls.grpc,
                                        access, self.tracing, [AccessInterceptor(policy)],
-                                       keepalive_s=settings.grpc_keepalive)
+                                       keepalive_s=settings.grpc_keepalive,
+                                       min_ping_interval_s=settings.grpc_min_ping_interval)
         self._control: Peer | None = None
         self._stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         7200.0, description="seconds a gRPC client may stay silent before the server pings its connection; one "
                             "that answers nothing within 20 s (or this long, if shorter) is disconnected. 0: never "
                             "(default 7200, grpc's)")
+    grpc_min_ping_interval: Seconds = Field(
+        300.0, description="the shortest gap between a gRPC client's PINGs when the server has sent it nothing "
+                           "in between; a client that pings sooner more than twice is sent GOAWAY too_many_pings "
+                           "and disconnected. 0: no limit (default 300, grpc's)")
     strict_readiness: bool = Field(
         True, description="true: /v2/health/ready only when every model is ready; false: ready once the first "
                           "load of every model has finished, whatever its outcome (per-model readiness tells the "

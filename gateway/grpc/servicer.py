@@ -19,7 +19,7 @@ from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.generated import model_config_pb2
 from gateway.grpc.handlers import add_servicer
-from gateway.grpc.native.connection import KEEPALIVE_TIMEOUT_S
+from gateway.grpc.native.connection import KEEPALIVE_TIMEOUT_S, MAX_PING_STRIKES
 from gateway.grpc.native.server import NativeServer
 from gateway.protocol.errors import TensorGateError, Unsupported
 from gateway.protocol.proto_codec import decode_infer_request, encode_infer_response
@@ -245,7 +245,7 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
                        kind: str, tls: "ReloadingGrpcCredentials | ReloadingContext | None" = None,
                        access_log: AccessLog | None = None, tracing: "Tracing | None" = None,
                        interceptors: Sequence[grpc.aio.ServerInterceptor] = (), *,
-                       keepalive_s: float) -> "GrpcServer":
+                       keepalive_s: float, min_ping_interval_s: float) -> "GrpcServer":
     """A gRPC server with every service bound to ``address`` (not started).
 
     ``kind``: ``aio`` (grpc.aio) or ``native`` (``gateway.grpc.native``: the same handlers over our own
@@ -255,10 +255,11 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
     when ``access_log`` is given (``gateway.grpc.handlers``); ``tracing``: trace inference requests;
     ``interceptors`` see every call first (``gateway.grpc.access``). ``keepalive_s``: a client silent this long
     is pinged, and dropped when it does not answer (0: never; ``gateway.grpc.native.connection.KEEPALIVE_TIMEOUT_S``).
+    ``min_ping_interval_s``: the client's ping policy (0: none; ``gateway.grpc.native.connection.MAX_PING_STRIKES``).
     """
     server: GrpcServer
     if kind == "native":
-        server = NativeServer(max_message_bytes, interceptors, keepalive_s)
+        server = NativeServer(max_message_bytes, interceptors, keepalive_s, min_ping_interval_s)
     else:
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -271,6 +272,9 @@ def create_grpc_server(plane: DataPlane, address: str, max_message_bytes: int, s
             ("grpc.keepalive_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s or KEEPALIVE_TIMEOUT_S) * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+            # The client's pings, as the native server judges them (grpc's policy: the same rule).
+            ("grpc.http2.min_ping_interval_without_data_ms", int(min_ping_interval_s * 1000)),
+            ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES if min_ping_interval_s > 0 else 0),
         ])
     add_servicer(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane, shm, tracing),
                  access_log)

@@ -250,6 +250,14 @@ def test_the_grpc_keepalive_flows_to_the_server() -> None:
     assert "--grpc-keepalive=0" in off and _serve_settings(off).grpc_keepalive == 0
 
 
+def test_the_grpc_ping_policy_flows_to_the_server() -> None:
+    """grpc's 300 s by default, as `tensorgate serve`'s own; 0 turns the policy off."""
+    default = server_container(manifests(render({})))["args"]
+    assert "--grpc-min-ping-interval=300" in default and _serve_settings(default).grpc_min_ping_interval == 300
+    off = server_container(manifests(render({"server": {"grpcMinPingIntervalSeconds": 0}})))["args"]
+    assert "--grpc-min-ping-interval=0" in off and _serve_settings(off).grpc_min_ping_interval == 0
+
+
 def test_defaults_are_locked_down() -> None:
     objects = render_set("defaults")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -487,6 +495,7 @@ def test_network_policy_admits_clients_to_rest_and_grpc_and_monitoring_to_metric
     ({"server": {"logFormat": "yaml"}}, "at '/server/logFormat'"),
     ({"server": {"grpcServer": "grpcio"}}, "at '/server/grpcServer'"),
     ({"server": {"grpcKeepaliveSeconds": -1}}, "at '/server/grpcKeepaliveSeconds'"),
+    ({"server": {"grpcMinPingIntervalSeconds": -1}}, "at '/server/grpcMinPingIntervalSeconds'"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
     ({"gpu": {"enabled": "yes"}}, "at '/gpu/enabled': got string, want boolean"),
     ({"gpu": {"count": 0}}, "at '/gpu/count'"),

@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from gateway.grpc.native.connection import MAX_PENDING_REPLIES, RESET_BURST
+from gateway.grpc.native.connection import MAX_PENDING_REPLIES, MAX_PING_STRIKES, RESET_BURST
 from tests import model_factory
 from tests.server import SECRETS, ServerProcess
 
@@ -822,21 +822,32 @@ def test_streams_reset_as_soon_as_opened_end_the_connection(transport_server: Se
 
 
 @NATIVE_ONLY
-@pytest.mark.parametrize("kind", [PING, SETTINGS], ids=["ping", "settings"])
-def test_a_flood_of_frames_to_answer_that_the_client_does_not_read_ends_the_connection(
-        transport_server: ServerProcess, kind: int) -> None:
-    """PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515): 32 MiB of frames that each need an answer, from a
-    client with a small receive buffer that reads nothing until it has sent them all. Once the sockets between
-    are full, the answers pile up in the server; past MAX_PENDING_REPLIES of them, GOAWAY ENHANCE_YOUR_CALM after
-    the answers already queued, then the close; what the client sent after is read and dropped. Native only:
-    grpc.aio (grpc 1.81) stops reading from such a client instead; it ended the PING flood's connection only some
-    twenty seconds later, and kept the SETTINGS flood's open after queueing several MiB of acknowledgements."""
+def test_a_settings_flood_the_client_does_not_read_ends_the_connection(transport_server: ServerProcess) -> None:
+    """SETTINGS flood (CVE-2019-9515): see ``_assert_a_flood_ends_the_connection``."""
+    _assert_a_flood_ends_the_connection(transport_server, SETTINGS)
+
+
+@pytest.mark.parametrize("keepalive_server", ["native"], indirect=True)
+def test_a_ping_flood_the_client_does_not_read_ends_the_connection_without_a_ping_policy(
+        keepalive_server: ServerProcess) -> None:
+    """PING flood (CVE-2019-9512) on a server whose ping policy is off (``--grpc-min-ping-interval 0``; with it on,
+    the fourth PING ends the connection: ``test_pings_too_often_...``): see ``_assert_a_flood_ends_the_connection``."""
+    _assert_a_flood_ends_the_connection(keepalive_server, PING)
+
+
+def _assert_a_flood_ends_the_connection(server: ServerProcess, kind: int) -> None:
+    """32 MiB of frames that each need an answer, from a client with a small receive buffer that reads nothing
+    until it has sent them all. Once the sockets between are full, the answers pile up in the server; past
+    MAX_PENDING_REPLIES of them, GOAWAY ENHANCE_YOUR_CALM after the answers already queued, then the close; what
+    the client sent after is read and dropped. Native only: grpc.aio (grpc 1.81) stops reading from such a client
+    instead; it ended the PING flood's connection only some twenty seconds later, and kept the SETTINGS flood's
+    open after queueing several MiB of acknowledgements."""
     one = _frame(PING, 0, 0, b"tg-flood") if kind == PING else _frame(SETTINGS, 0, 0)
     count = FLOOD_BYTES // len(one)
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # set before connecting: the window it offers
         sock.settimeout(10)
-        sock.connect(("127.0.0.1", transport_server.grpc_port))
+        sock.connect(("127.0.0.1", server.grpc_port))
         _send(sock, PREFACE + _frame(SETTINGS, 0, 0) + one * count)
         frames = _frames_until_closed(sock)
     answers = sum(1 for frame in frames if frame[:2] == (kind, ACK))
@@ -844,6 +855,56 @@ def test_a_flood_of_frames_to_answer_that_the_client_does_not_read_ends_the_conn
     assert [int.from_bytes(payload[4:8], "big") for payload in goaways] == [ENHANCE_YOUR_CALM], (answers, goaways)
     assert frames[-1][0] == GOAWAY, "nothing follows the GOAWAY"
     assert MAX_PENDING_REPLIES < answers < count, answers
+    _serves(server)
+
+
+def test_pings_too_often_with_nothing_answered_between_end_the_connection(transport_server: ServerProcess) -> None:
+    """grpc's ping policy, on both servers (the default --grpc-min-ping-interval, 300 s): the client's first PING
+    and MAX_PING_STRIKES more within the interval are acknowledged; the next one is a strike too many, and the
+    connection ends with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" (grpc clients read those words and back off)."""
+    with _connect(transport_server) as sock:
+        _send(sock, PREFACE + _frame(SETTINGS, 0, 0))
+        _first_settings(sock)
+        allowed = 1 + MAX_PING_STRIKES
+        sock.sendall(_frame(SETTINGS, ACK, 0) + b"".join(_frame(PING, 0, 0, b"tg-p%04d" % n) for n in range(allowed)))
+        acks: set[bytes] = set()
+        while len(acks) < allowed:
+            frame = _read_frame(sock)
+            assert frame is not None and frame[0] != GOAWAY, f"closed after {sorted(acks)} of {allowed} pings: {frame}"
+            if frame[:2] == (PING, ACK):
+                acks.add(frame[3])
+        _send(sock, _frame(PING, 0, 0, b"tg-extra"))
+        frames = _frames_until_closed(sock)
+    goaways = [payload for kind, _, _, payload in frames if kind == GOAWAY]
+    assert [(int.from_bytes(payload[4:8], "big"), payload[8:]) for payload in goaways] == \
+        [(ENHANCE_YOUR_CALM, b"too_many_pings")], frames
+    _serves(transport_server)
+
+
+def test_pings_between_answered_calls_are_never_strikes(transport_server: ServerProcess) -> None:
+    """A client that pings before each call (as keepalive on a busy channel does) is within the policy however
+    often it pings: every answer the server sends clears the strikes. Ten PINGs, each followed by a call that is
+    answered before the next: each PING acknowledged, each call answered, no GOAWAY; the connection serves on."""
+    import hpack
+
+    encoder = hpack.Encoder()
+    empty = bytes(5)  # a gRPC message of 0 bytes: an empty ServerLiveRequest
+    with _connect(transport_server) as sock:
+        _send(sock, PREFACE + _frame(SETTINGS, 0, 0))
+        _first_settings(sock)
+        sock.sendall(_frame(SETTINGS, ACK, 0))
+        for n in range(10):
+            stream = 2 * n + 1
+            sock.sendall(_frame(PING, 0, 0, b"tg-c%04d" % n) + _frame(HEADERS, END_HEADERS, stream,
+                                                                     _call_block(encoder, "ServerLive"))
+                         + _frame(DATA, END_STREAM, stream, empty))
+            acked = ended = False
+            while not (acked and ended):
+                frame = _read_frame(sock)
+                assert frame is not None and frame[0] != GOAWAY, f"call {n}: the server ended the connection: {frame}"
+                kind, flags, frame_stream, payload = frame
+                acked |= (kind, flags, payload) == (PING, ACK, b"tg-c%04d" % n)
+                ended |= kind == HEADERS and frame_stream == stream and bool(flags & END_STREAM)
     _serves(transport_server)
 
 
@@ -886,10 +947,11 @@ KEEPALIVE_S = 1.0
 @pytest.fixture(scope="module", params=GRPC_SERVERS)
 def keepalive_server(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per implementation with a short keepalive, FP32 identity only."""
+    """One server per implementation with a short keepalive and no ping policy, FP32 identity only."""
     implementation: str = request.param
     repo = _identity_repo(tmp_path_factory, f"grpc-keepalive-{implementation}")
-    yield from _served(repo, implementation, ["--grpc-keepalive", str(KEEPALIVE_S)], {})
+    yield from _served(repo, implementation, ["--grpc-keepalive", str(KEEPALIVE_S), "--grpc-min-ping-interval", "0"],
+                       {})
 
 
 @pytest.mark.parametrize("keepalive_server", ["native"], indirect=True)

@@ -12,8 +12,9 @@ error with RST_STREAM. Nothing a client
 sends can make a connection hold more than its streams' messages: each stream's body is
 refused past the server's message limit, and the streams are capped by MAX_CONCURRENT_STREAMS.
 Nor can it make the connection work or write without bound: streams reset faster than calls are
-answered (rapid reset) and frames we must answer that the client does not read (PING, SETTINGS
-floods) end it with GOAWAY ENHANCE_YOUR_CALM, and while our output is backed up we read no more.
+answered (rapid reset), frames we must answer that the client does not read (PING, SETTINGS
+floods) and PINGs more often than the ping policy allows end it with GOAWAY ENHANCE_YOUR_CALM, and
+while our output is backed up we read no more.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import base64
 import collections
 import logging
+import math
 import socket
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
@@ -70,6 +72,12 @@ CLOSE_GRACE_S = 5.0
 #: gone without a word (a host powered off, a NAT that forgot the flow) is only found by a write.
 KEEPALIVE_TIMEOUT_S = 20.0
 KEEPALIVE_PING = b"tg-alive"
+#: The client's pings (grpc's policy, and its figure): a PING sooner than the dispatcher's
+#: ``min_ping_interval_s`` after the client's last one, with nothing of a call sent by us in between, is a
+#: strike; past this many, GOAWAY ENHANCE_YOUR_CALM "too_many_pings" (grpc clients read those words and ping
+#: half as often on their next connection). An answer resets the count: pings that ride along with calls
+#: (keepalive on a busy channel, a flow-control probe) are never strikes.
+MAX_PING_STRIKES = 2
 #: Headers that are not the call's metadata (grpc's own, and HTTP's).
 _RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
 
@@ -89,6 +97,8 @@ class Dispatcher(Protocol):
     max_message_bytes: int
     #: Seconds of silence from a client before its connection is pinged (0: never; see KEEPALIVE_TIMEOUT_S).
     keepalive_s: float
+    #: The shortest gap between a client's PINGs with nothing sent in between (0: no limit; MAX_PING_STRIKES).
+    min_ping_interval_s: float
 
     def connection_made(self, connection: Connection) -> None: ...
 
@@ -205,6 +215,9 @@ class Connection(asyncio.Protocol):
         self.heard = False  # the client sent something since the keepalive last looked
         self.probing = False  # a keepalive PING is out, unanswered so far
         self.keepalive: asyncio.TimerHandle | None = None
+        self.ping_strikes = 0  # see MAX_PING_STRIKES
+        self.last_ping = -math.inf  # when the client's last PING came (the loop's clock)
+        self.answered = False  # something of a call went out since the client's last PING
 
     # -- the transport's side ---------------------------------------------------------------------
 
@@ -309,6 +322,7 @@ class Connection(asyncio.Protocol):
             if stream_id != 0:
                 raise _ConnectionError(wire.PROTOCOL_ERROR, "a PING on a stream")
             if not flags & wire.ACK:
+                self._count_ping()
                 self._reply(frame(wire.PING, wire.ACK, 0, payload))
         elif kind == wire.WINDOW_UPDATE:
             self._window_update(stream_id, payload)
@@ -583,6 +597,7 @@ class Connection(asyncio.Protocol):
                 chunk = chunk[:allowed]
             stream.send_window -= len(chunk)
             self.send_window -= len(chunk)
+            self.answered = True
             self._queue(frame(wire.DATA, 0, stream.id, chunk))
         if stream.drained is not None and not stream.drained.done():
             stream.drained.set_result(None)
@@ -592,8 +607,10 @@ class Connection(asyncio.Protocol):
             self._closed_locally(stream)
 
     def _answering(self, stream: Stream) -> None:
-        """The call's first answer goes out: it pays back one client reset (``_count_reset``)."""
+        """The call's first answer goes out: it pays back one client reset (``_count_reset``), and clears the
+        client's ping strikes (``_count_ping``)."""
         stream.headers_sent = True
+        self.answered = True
         if self.reset_debt:
             self.reset_debt = max(0.0, self.reset_debt - 1.0)
 
@@ -604,6 +621,21 @@ class Connection(asyncio.Protocol):
         self.reset_time = now
         if self.reset_debt > RESET_BURST:
             raise _ConnectionError(wire.ENHANCE_YOUR_CALM, "too many calls reset before they were answered")
+
+    def _count_ping(self) -> None:
+        """The client sent a PING: one too soon after its last, with nothing answered between, is a strike."""
+        interval = self.dispatcher.min_ping_interval_s
+        if interval <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        if self.answered:
+            self.answered = False
+            self.ping_strikes = 0
+        elif now - self.last_ping < interval:
+            self.ping_strikes += 1
+            if self.ping_strikes > MAX_PING_STRIKES:
+                raise _ConnectionError(wire.ENHANCE_YOUR_CALM, "too_many_pings")
+        self.last_ping = now
 
     def _reply(self, data: bytes) -> None:
         """Queue a frame the client's own frame calls for: it must be reading them (``MAX_PENDING_REPLIES``)."""

@@ -43,10 +43,12 @@ class NativeServer:
     """A gRPC server on the running event loop, with grpc.aio.Server's registration and lifecycle."""
 
     def __init__(self, max_message_bytes: int, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-                 keepalive_s: float = 0.0) -> None:
+                 keepalive_s: float = 0.0, min_ping_interval_s: float = 0.0) -> None:
         self.max_message_bytes = max_message_bytes
         #: Seconds of a client's silence before its connection is pinged (0: never; connection.KEEPALIVE_TIMEOUT_S).
         self.keepalive_s = keepalive_s
+        #: The client's ping policy (0: none; connection.MAX_PING_STRIKES).
+        self.min_ping_interval_s = min_ping_interval_s
         self._interceptors = tuple(interceptors)
         self._handlers: dict[str, Handler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
