@@ -29,9 +29,13 @@ def gather_into(batch: list[Inputs], allocate: Allocate) -> Inputs:
         if first.dtype.hasobject:
             gathered[name] = np.concatenate(parts)
             continue
-        shape = (sum(part.shape[0] for part in parts), *first.shape[1:])
+        lone = len(parts) == 1  # the one request of a model that does not batch may hold a scalar
+        shape = first.shape if lone else (sum(part.shape[0] for part in parts), *first.shape[1:])
         out = allocate(int(np.prod(shape)) * first.dtype.itemsize).view(first.dtype).reshape(shape)
-        np.concatenate(parts, out=out)
+        if lone:
+            out[...] = first
+        else:
+            np.concatenate(parts, out=out)
         gathered[name] = out
     return gathered
 

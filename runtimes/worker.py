@@ -164,16 +164,20 @@ class HostedModel:
         return ExecuteResult(result, started, time.monotonic_ns())
 
     async def warm_up(self, body: WarmUp) -> None:
-        """Run each sample ``count`` times through the adapter, on the instances' threads, before serving."""
+        """Run each sample ``count`` times through the adapter, on the instances' threads, before serving
+        (gathered as a batch is, so that a GPU's pinned staging memory is allocated before the first request)."""
         loop = asyncio.get_running_loop()
         for sample in body.samples:
             try:
                 arrays = sample_arrays(sample, self.spec.max_batch_size > 0)
                 for _ in range(sample.count):
-                    await loop.run_in_executor(self._pool, self.adapter.execute, arrays, list(body.outputs))
+                    await loop.run_in_executor(self._pool, self._warm_once, arrays, list(body.outputs))
             except Exception as exc:
                 raise CallFailed(Failure("invalid", f"{self.spec.path}: warm-up sample '{sample.name}' failed: "
                                                     f"{type(exc).__name__}: {exc}")) from None
+
+    def _warm_once(self, arrays: Inputs, outputs: list[str]) -> None:
+        self.adapter.execute(self.adapter.gather([arrays]), outputs)
 
     async def close(self) -> None:
         """Let queued and running batches finish, then free the model."""

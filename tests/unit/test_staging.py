@@ -61,6 +61,13 @@ def test_a_lone_request_is_copied_into_the_block_not_passed_through() -> None:
     assert len(blocks.blocks) == 4
 
 
+def test_a_scalar_of_a_model_that_does_not_batch_gets_a_block_of_its_own_size() -> None:
+    blocks = Blocks()
+    gathered = gather_into([{"t": np.array(2.5, dtype=np.float64)}], blocks)
+    assert gathered["t"].shape == () and gathered["t"] == 2.5
+    assert [block.nbytes for block in blocks.blocks] == [8]
+
+
 def test_bytes_inputs_are_gathered_with_numpy_and_take_no_block() -> None:
     batch = [{"s": np.array([[b"a"], [b"bc"]], dtype=object)}, {"s": np.array([[b"d"]], dtype=object)}]
     blocks = Blocks()
