@@ -20,6 +20,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+#: The formats the harness serves and times on a GPU (``benchmarks.offline --device``).
+DEVICE_FORMATS = ("torchscript", "torch_export")
+
 PROTOCOLS = ("rest-json", "rest-binary", "grpc")
 MODEL_NAMES = ("mlp_small", "mlp_large", "identity", "mlp_tiny")
 FORMATS = ("onnx", "torchscript", "torch_export", "torch_aoti")
@@ -101,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_argument("--threads", type=int, default=1,
                          help="framework threads per instance, in the server and offline (default 1)")
     serving.add_argument("--instances", type=int, default=1)
+    serving.add_argument("--device", default="cpu",
+                         help="where the instances run, and the offline measurement with them: cpu or cuda:N "
+                              "(cuda: torchscript or torch_export; default cpu)")
     external = parser.add_argument_group("an already running server (any Open Inference Protocol server)")
     external.add_argument("--url", default=None, help="REST base URL, e.g. http://127.0.0.1:8000")
     external.add_argument("--grpc-url", "--grpc-target", dest="grpc_target", default=None, metavar="HOST:PORT",
@@ -159,6 +165,11 @@ def main(args: argparse.Namespace | list[str] | None = None, argv: list[str] | N
             return _fail("--model-repo goes with --url (without it the harness serves and times its own models)")
     if args.rows < 1:
         return _fail(f"--batch-size {args.rows}: give 1 or more")
+    if args.device != "cpu" and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
+        return _fail(f"--device {args.device}: give cpu or cuda:N")
+    if args.device != "cpu" and args.url is None and args.format not in DEVICE_FORMATS:
+        return _fail(f"--device {args.device}: the harness puts {' and '.join(DEVICE_FORMATS)} models on a GPU, "
+                     f"not {args.format} (give --format)")
 
     from benchmarks.inputs import BenchError
     from benchmarks.repository import ServingOptions
@@ -169,7 +180,7 @@ def main(args: argparse.Namespace | list[str] | None = None, argv: list[str] | N
         fmt=args.format, duration=args.duration if args.requests is None else None,
         requests=args.requests, warmup=args.warmup, rows=args.rows, shapes=shapes,
         options=ServingOptions(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-                               instances=args.instances, threads=args.threads),
+                               instances=args.instances, threads=args.threads, device=args.device),
         url=args.url, grpc_target=args.grpc_target, server_pid=args.server_pid, model_repo=args.model_repo,
         api_key_header=_api_key_header(args.api_key_header), worker_match=tuple(args.worker_match),
         loadgen=args.loadgen,

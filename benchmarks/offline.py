@@ -11,6 +11,10 @@ model's inputs as the server states them (JSON: {"batched": bool, "tensors": [{"
 "datatype", "shape"}]}, shapes without the batch dim), and the data is generated as for the
 served requests (``benchmarks.inputs``). Prints ``TGBENCH {json}``: {"framework", "threads",
 "batches": {size: {"median_ms", "mean_ms", "runs"}}}.
+
+``--device cuda:N`` times a TorchScript or torch.export model on that GPU as a worker hosts it
+there: each call copies the batch from host memory to the device and its outputs back, so the
+limit includes the two copies a served batch cannot avoid.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cli import DEVICE_FORMATS
 from benchmarks.inputs import SEED, generate
 from gateway.repository.pt2 import is_aoti_package
 
@@ -147,6 +152,36 @@ def tflite_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]
     return f"ai-edge-litert {version('ai-edge-litert')}", run
 
 
+def torch_device_runner(fmt: str, path: Path, threads: int, device: str) -> tuple[str, Runner]:
+    """A TorchScript or torch.export model on ``device``: batch in from host memory, outputs back to it."""
+    import torch
+
+    _torch_threads(threads)
+    target = torch.device(device)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=target)  # type: ignore[no-untyped-call]
+        module.eval()
+    else:
+        module = torch.export.load(str(path)).module().to(target)
+
+    def to_host(value: Any) -> object:
+        if isinstance(value, torch.Tensor):
+            return value.cpu()  # waits for the device, so the call's time includes its work
+        if isinstance(value, (tuple, list)):
+            return [to_host(v) for v in value]
+        if isinstance(value, dict):
+            return {k: to_host(v) for k, v in value.items()}
+        return value
+
+    def run(inputs: list[tuple[str, np.ndarray]]) -> object:
+        with torch.inference_mode():
+            return to_host(module(*(torch.from_numpy(x).to(target) for _, x in inputs)))
+
+    return f"torch {torch.__version__} on {device}", run
+
+
 RUNNERS: dict[str, RunnerFactory] = {"onnx": onnx_runner, "torchscript": torchscript_runner,
                                      "torch_export": torch_export_runner, "torch_aoti": torch_aoti_runner,
                                      "tflite": tflite_runner}
@@ -196,9 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch-sizes", required=True, help="comma-separated")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
+    parser.add_argument("--device", default="cpu", help=f"cpu, or cuda:N for {' and '.join(DEVICE_FORMATS)}")
     args = parser.parse_args(argv)
     description = json.loads(args.inputs)
-    framework, run = RUNNERS[args.format](args.model_file, args.threads, bool(description["batched"]))
+    if args.device == "cpu":
+        framework, run = RUNNERS[args.format](args.model_file, args.threads, bool(description["batched"]))
+    elif args.format in DEVICE_FORMATS:
+        framework, run = torch_device_runner(args.format, args.model_file, args.threads, args.device)
+    else:
+        parser.error(f"--device {args.device}: only {' and '.join(DEVICE_FORMATS)} are timed off the CPU")
     rng = np.random.default_rng(SEED)
     batches = {}
     for size in sorted({int(s) for s in args.batch_sizes.split(",") if s}):

@@ -29,11 +29,13 @@ class ServingOptions:
     instances: int = 1
     #: The framework's threads per instance (ONNX Runtime intra-op, torch set_num_threads).
     threads: int = 1
+    #: Where the instances run: ``cpu`` or ``cuda:N`` (the offline measurement runs there too).
+    device: str = "cpu"
 
     def describe(self) -> str:
         return (f"max_batch_size {self.max_batch_size}, dynamic_batching max_queue_delay_ms "
-                f"{self.max_queue_delay_ms:g}, max_queue_size {self.max_queue_size}, instances {self.instances}, "
-                f"intra_op_threads {self.threads}, inter_op_threads 1")
+                f"{self.max_queue_delay_ms:g}, max_queue_size {self.max_queue_size}, instances {self.instances} "
+                f"on {self.device}, intra_op_threads {self.threads}, inter_op_threads 1")
 
 
 def config_text(spec: ModelSpec, fmt: str, options: ServingOptions) -> str:
@@ -43,7 +45,7 @@ def config_text(spec: ModelSpec, fmt: str, options: ServingOptions) -> str:
         f"max_batch_size: {options.max_batch_size}\n"
         f"inputs: [{{name: {spec.input_name}, datatype: FP32, shape: [{spec.input_size}]}}]\n"
         f"outputs: [{{name: {spec.output_name}, datatype: FP32, shape: [{spec.output_size}]}}]\n"
-        f"instances: {{count: {options.instances}, device: cpu}}\n"
+        f"instances: {{count: {options.instances}, device: {options.device}}}\n"
         f"parameters: {{intra_op_threads: {options.threads}, inter_op_threads: 1}}\n"
         f"dynamic_batching: {{max_queue_delay_ms: {options.max_queue_delay_ms:g}, "
         f"max_queue_size: {options.max_queue_size}}}\n"

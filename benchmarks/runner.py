@@ -344,7 +344,7 @@ def measure_offline(cfg: RunConfig, model: _Model, sizes: set[int]) -> Offline:
     command = [sys.executable, "-m", "benchmarks.offline", "--format", model.offline_format,
                "--model-file", str(model.offline_file), "--inputs", json.dumps(description),
                "--threads", str(model.offline_threads), "--batch-sizes", ",".join(map(str, sorted(sizes))),
-               "--min-time", str(cfg.offline_time)]
+               "--min-time", str(cfg.offline_time), "--device", cfg.options.device]
     stdout, stderr, code, _ = run_child(command)
     if code != 0:
         raise RuntimeError(f"the offline measurement of {model.served} failed ({code}): {stderr.strip()[-1500:]}")

@@ -64,6 +64,39 @@ def test_torchscript_matches_onnx(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, reference(TINY, x), rtol=1e-4, atol=1e-5)
 
 
+def test_the_device_runner_moves_the_batch_in_and_the_outputs_back(tmp_path: Path) -> None:
+    """``--device`` times torch models through ``torch_device_runner``; run here on the CPU, its answers
+    are host tensors with the reference's values (on a GPU the same code adds the two copies)."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.models import build
+
+    x = sample_input(TINY, 3)
+    for fmt, name in (("torchscript", "model.pt"), ("torch_export", "model.pt2")):
+        build(TINY, fmt, tmp_path / fmt / name)
+        framework, run = offline.torch_device_runner(fmt, tmp_path / fmt / name, 1, "cpu")
+        assert framework.endswith(" on cpu")
+        y = run([("input", x)])
+        [y] = y if isinstance(y, list) else [y]
+        assert isinstance(y, torch.Tensor) and y.device.type == "cpu"
+        np.testing.assert_allclose(y.numpy(), reference(TINY, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_device_goes_into_the_served_config_and_bad_ones_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.repository import config_text
+
+    options = ServingOptions(device="cuda:1", instances=2)
+    assert "instances: {count: 2, device: cuda:1}" in config_text(TINY, "torchscript", options)
+    assert "instances 2 on cuda:1" in options.describe()
+    assert tensorgate(["bench", "--device", "gpu0"]) != 0
+    assert "--device gpu0: give cpu or cuda:N" in capsys.readouterr().err
+    assert tensorgate(["bench", "--device", "cuda:0", "--format", "onnx"]) != 0
+    assert "puts torchscript and torch_export models on a GPU, not onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's own error, exit status 2
+        offline.main(["--format", "onnx", "--model-file", "m.onnx", "--inputs", "{}", "--threads", "1",
+                      "--batch-sizes", "1", "--device", "cuda:0"])
+    assert "only torchscript and torch_export are timed off the CPU" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_torch_export_and_aoti_match_onnx_through_their_offline_runners(tmp_path: Path) -> None:
     """The two .pt2 formats built from the same weights, called as the offline measurement calls them."""
