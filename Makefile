@@ -10,7 +10,7 @@ TFSERVING_API := tensorflow-serving-api==2.21.0
 KSERVE_VENV  := .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk image clean
+.PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk image gpu-kit clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ model_repo: $(STAMP)
 
 serve: model_repo
 	$(BIN)/tensorgate serve --model-repo model_repo
+
+# What benchmarks/gpu_session.sh needs on the GPU machine (no network there): README, "Checking a GPU".
+gpu-kit: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/gpu_kit.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,10 @@ AOTInductor package runs only on the device type it was compiled for, so for a G
 compiles the digits package again, for that GPU, from the same weights (a minute or so), and
 loads that one on the device.
 
+``--digits BUNDLE`` reads the test split and the weights from a bundle that
+``scripts/build_model_repo.py --save-digits`` wrote, for a machine without scikit-learn (the GPU
+machine: ``benchmarks/gpu_session.sh``).
+
 Exit status: 0 when every model that could be tried loaded and matched; 1 when a model's
 outputs differ; 2 when a model could not be loaded on the device (and none differed), or
 when every model was skipped.
@@ -138,8 +142,10 @@ def _staged(adapter: RuntimeAdapter, device: str, x: np.ndarray) -> str:
     return "pinned" if pinned else "pageable"
 
 
-def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: float) -> list[Result]:
+def check(repo: Path, device: str, batch_sizes: list[int], repeats: int, atol: float,
+          digits: Path | None = None) -> list[Result]:
     build = _build_script()
+    build.use_digits_bundle(digits)
     x, _ = build.digits_test_split()
     examples = {example.name for example in build.EXAMPLES.values()}
     entries = [e for e in scan_repository(repo) if e.name in examples and e.config is not None and e.versions]
@@ -208,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default: %(default)s)")
     parser.add_argument("--atol", type=float, default=1e-3,
                         help="largest allowed |device - cpu| per logit (default: %(default)s; GPUs may use TF32)")
+    parser.add_argument("--digits", type=Path, metavar="BUNDLE",
+                        help="the digits test split and weights from BUNDLE (scripts/build_model_repo.py "
+                             "--save-digits) instead of scikit-learn")
     args = parser.parse_args(argv)
     batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
-    results = check(args.repo, args.device, batch_sizes, args.repeats, args.atol)
+    results = check(args.repo, args.device, batch_sizes, args.repeats, args.atol, args.digits)
     if not results:
         print(f"{args.repo}: no models (build them with `make model_repo`)", file=sys.stderr)
         return 2

@@ -163,8 +163,45 @@ class DigitsMLP:
     test_accuracy: float
 
 
+#: A digits bundle read instead of scikit-learn (``use_digits_bundle``), or None.
+_bundle: Path | None = None
+
+
+def use_digits_bundle(path: Path | None) -> None:
+    """Take the test split and the trained weights from ``path`` (written by ``save_digits_bundle``).
+
+    For a machine without scikit-learn (the GPU machine): the models it builds from the bundle hold
+    the very weights a build here trains, and score the same test split.
+    """
+    global _bundle
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no digits bundle (write one with --save-digits)")
+    _bundle = None if path is None else Path(path)
+
+
+def save_digits_bundle(path: Path, seed: int = 0) -> None:
+    """Write the test split and the weights trained with ``seed`` to ``path`` (.npz, ~60 KB)."""
+    model = train_digits_mlp(seed)
+    x_test, y_test = digits_test_split()
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x_test=x_test, y_test=y_test, w1=model.w1, b1=model.b1, w2=model.w2, b2=model.b2,
+                        seed=np.int64(seed))
+    _write_atomic(Path(path), buffer.getvalue())
+
+
+def _bundled(seed: int | None = None) -> dict[str, npt.NDArray[Any]]:
+    assert _bundle is not None
+    with np.load(_bundle) as arrays:
+        found = {name: arrays[name] for name in arrays.files}
+    if seed is not None and int(found["seed"]) != seed:
+        raise ValueError(f"{_bundle} holds the weights of seed {int(found['seed'])}, not {seed}")
+    return found
+
+
 def _digits_split() -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
     """Return (X_train, X_test, y_train, y_test), scaled to [0, 1]; one split shared by training and tests."""
+    if _bundle is not None:
+        raise RuntimeError(f"the training split is not in the digits bundle {_bundle}: this step needs scikit-learn")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -181,6 +218,9 @@ def _digits_split() -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
 
 def digits_test_split() -> tuple[FloatArray, IntArray]:
     """Return the held-out (X_test [N, 64] float32, y_test int64) so end-to-end tests can score a server."""
+    if _bundle is not None:
+        arrays = _bundled()
+        return arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64)
     _, x_test, _, y_test = _digits_split()
     return x_test, y_test
 
@@ -204,6 +244,12 @@ def train_digits_mlp(seed: int = 0) -> DigitsMLP:
 
     The accuracy is measured with the float32 weights, i.e. what the exported model will score.
     """
+    if _bundle is not None:
+        arrays = _bundled(seed)
+        weights = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in ("w1", "b1", "w2", "b2")}
+        untested = DigitsMLP(**weights, test_accuracy=float("nan"))
+        x_test, y_test = digits_test_split()
+        return DigitsMLP(**weights, test_accuracy=accuracy(untested, x_test, y_test))
     from sklearn.neural_network import MLPClassifier
 
     x_train, x_test, y_train, y_test = _digits_split()
@@ -628,6 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     parser.add_argument("--formats", default=",".join(EXAMPLES),
                         help="comma-separated formats to build (default: %(default)s)")
+    parser.add_argument("--digits", type=Path, metavar="BUNDLE",
+                        help="take the digits test split and weights from BUNDLE instead of scikit-learn")
+    parser.add_argument("--save-digits", type=Path, metavar="BUNDLE",
+                        help="write the test split and the weights of --seed to BUNDLE (.npz) and stop")
     parser.add_argument("--savedmodel-from", type=Path, help=argparse.SUPPRESS)  # export_savedmodel's child
     parser.add_argument("--aoti-from", type=Path, help=argparse.SUPPRESS)  # export_torch_aoti's child
     parser.add_argument("--aoti-device", default="cpu", help=argparse.SUPPRESS)
@@ -645,6 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         with np.load(args.tflite_from) as arrays:
             _write_tflite_here({k: arrays[k] for k in arrays.files}, args.repo)
         return 0
+    if args.save_digits is not None:
+        save_digits_bundle(args.save_digits, args.seed)
+        print(f"wrote {args.save_digits}")
+        return 0
+    if args.digits is not None and not args.digits.is_file():
+        parser.error(f"--digits {args.digits}: no digits bundle (write one with --save-digits)")
+    use_digits_bundle(args.digits)
     written = build_repo(args.repo, force=args.force, seed=args.seed, formats=args.formats.split(","))
     if not written:
         print(f"{args.repo}: up to date")

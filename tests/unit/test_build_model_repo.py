@@ -130,3 +130,30 @@ def test_committed_configs_match_the_script(build: types.ModuleType) -> None:
             {"name": "logits", "datatype": "FP32", "shape": [10]}]
     assert sorted(p.parent.name for p in (REPO_ROOT / "model_repo").glob("*/config.yaml")) == sorted(
         e.name for e in build.EXAMPLES.values())
+
+
+#: Runs the script with scikit-learn unimportable, as on the GPU machine.
+_WITHOUT_SKLEARN = ("import runpy, sys; sys.modules['sklearn'] = None; sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def test_a_digits_bundle_builds_the_same_models_without_scikit_learn(built_repo: Path, tmp_path: Path) -> None:
+    """``--save-digits`` here, ``--digits`` where scikit-learn is missing: the same bytes as a full build."""
+    bundle = tmp_path / "digits.npz"
+    subprocess.run([sys.executable, str(SCRIPT), "--save-digits", str(bundle)], check=True, capture_output=True)
+    formats = ("onnx", "torchscript", "torch_export", "jax")
+    repo = tmp_path / "repo"
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_SKLEARN, str(SCRIPT), "--repo", str(repo), "--digits",
+                          str(bundle), "--formats", ",".join(formats)], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    built = _files(built_repo)
+    for path, data in _files(repo).items():
+        assert data == built[path], path
+    assert len(_files(repo)) == 2 * len(formats) + 1  # a config and a model file each; JAX's params.npz too
+    refused = subprocess.run([sys.executable, "-c", _WITHOUT_SKLEARN, str(SCRIPT), "--repo", str(tmp_path / "int8"),
+                              "--digits", str(bundle), "--formats", "tflite_int8"], capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode != 0 and "this step needs scikit-learn" in refused.stderr
+    missing = subprocess.run([sys.executable, str(SCRIPT), "--digits", str(tmp_path / "none.npz")],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and "no digits bundle (write one with --save-digits)" in missing.stderr

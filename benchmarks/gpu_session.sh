@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The GPU machine's whole check, as one script (../shared/reference/gpu-machine.md): GPU time there is
+# minutes, so everything it should measure runs in one call. Prepare here with `bash scripts/gpu_kit.sh`,
+# then on the device, from the checkout root, carrying .gpu-kit:
+#
+#   bash benchmarks/gpu_session.sh          # writes its tables under $OUT (the device tool's folder)
+#
+# Steps, each under its own time limit so that one hang cannot spend the session:
+#   1. the wheels of .gpu-kit/wheels unpacked into a temporary site (that machine lacks our serving stack)
+#   2. the digits models built there from .gpu-kit/digits.npz (its torch may not load this machine's files)
+#   3. benchmarks/gpu_check.py on the device: every model matches the CPU, torch rows say "pinned"
+#   4. tensorgate bench with the instances on the device: the MLPs over REST binary and gRPC, and the
+#      MLP at 64 clients against the frontend count (does the protocol work keep the GPU fed?)
+#
+# Knobs (environment): PY (python3), DEVICE (cuda:0), FORMAT (torchscript), DURATION (5 s per point),
+# FRONTENDS ("1 4 8"), CONCURRENCY (1,16,64), DIGITS_FORMATS (every one whose framework imports),
+# KIT (.gpu-kit), OUT (./gpu-session-out). With DEVICE=cpu the same steps run
+# here; tests/integration/test_gpu_session.py does that, so the script keeps working between GPU sessions.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda:0}
+FORMAT=${FORMAT:-torchscript}
+DURATION=${DURATION:-5}
+FRONTENDS=${FRONTENDS:-1 4 8}
+CONCURRENCY=${CONCURRENCY:-1,16,64}
+OUT=${OUT:-$PWD/gpu-session-out}
+KIT=${KIT:-.gpu-kit}
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/gpu-session.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+failed=()
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$OUT/session.log"; }
+step() {  # step NAME SECONDS COMMAND...: run it, its output in $OUT/NAME.txt, and note a failure
+  local name=$1 limit=$2
+  shift 2
+  log "start $name (limit ${limit} s)"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  local code=$?
+  log "end $name: exit $code"
+  [ "$code" -eq 0 ] || failed+=("$name:$code")
+  return 0
+}
+
+log "host: $(nproc) CPUs; $($PY --version 2>&1); device $DEVICE"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+  | tee -a "$OUT/session.log"
+
+# 1. The wheels: unpacked as they are (a wheel is a zip of its site-packages files), no pip needed.
+SITE=$WORK/site
+mkdir -p "$SITE"
+shopt -s nullglob
+wheels=("$KIT"/wheels/*.whl)
+if [ ${#wheels[@]} -gt 0 ]; then
+  "$PY" -c 'import sys, zipfile
+for wheel in sys.argv[2:]:
+    zipfile.ZipFile(wheel).extractall(sys.argv[1])' "$SITE" "${wheels[@]}"
+fi
+log "unpacked ${#wheels[@]} wheels"
+export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
+"$PY" - <<'EOF' | tee -a "$OUT/session.log"
+import importlib.util
+for name in ("torch", "jax", "onnxruntime", "tensorflow", "grpc", "numpy"):
+    found = importlib.util.find_spec(name)
+    version = getattr(__import__(name), "__version__", "?") if found and name != "tensorflow" else ""
+    print(f"  {name}: {version or ('present' if found else 'missing')}")
+EOF
+
+# 2. The digits models, from the bundle: the weights every other build holds.
+REPO=$WORK/repo
+formats=${DIGITS_FORMATS:-}
+if [ -z "$formats" ]; then  # every format whose framework is there (no TensorFlow: no SavedModel, no LiteRT)
+  formats=onnx
+  "$PY" -c 'import torch' 2>/dev/null && formats=$formats,torchscript,torch_export,torch_aoti
+  "$PY" -c 'import jax' 2>/dev/null && formats=$formats,jax
+fi
+step build_models 300 "$PY" scripts/build_model_repo.py --repo "$REPO" --digits "$KIT/digits.npz" --formats "$formats"
+
+# 3. gpu_check: each model on the device against the CPU.
+step gpu_check 300 "$PY" benchmarks/gpu_check.py --device "$DEVICE" --repo "$REPO" --digits "$KIT/digits.npz" \
+  --batch-sizes 1,8,64 --repeats 20
+
+# 4. Serving with the instances on the device.
+step bench_serving 420 "$PY" -m gateway.cli bench --device "$DEVICE" --format "$FORMAT" --model mlp_small,mlp_large \
+  --protocol rest-binary,grpc --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup 1 --offline-time 0.3 \
+  --output-dir "$OUT/bench" --name serving
+for count in $FRONTENDS; do
+  TENSORGATE_FRONTENDS=$count step "bench_frontends_$count" 240 "$PY" -m gateway.cli bench --device "$DEVICE" \
+    --format "$FORMAT" --model mlp_small --protocol rest-binary --concurrency 64 --duration "$DURATION" --warmup 1 \
+    --no-offline --output-dir "$OUT/bench" --name "frontends-$count" \
+    --title "mlp_small REST binary c64 on $DEVICE, $count frontend(s)"
+done
+
+# The tables, in one file to read first.
+{
+  echo "# GPU session: $(date -u +%Y-%m-%dT%H:%M:%SZ), device $DEVICE"
+  echo
+  cat "$OUT/session.log"
+  echo
+  echo "## gpu_check"
+  echo
+  cat "$OUT/gpu_check.txt"
+  for report in "$OUT"/bench/*.md; do
+    echo
+    echo "## $(basename "$report")"
+    echo
+    sed -n '/^## Served/,/^## Offline/p' "$report"
+  done
+} >"$OUT/summary.md"
+if [ ${#failed[@]} -gt 0 ]; then
+  log "failed steps: ${failed[*]}"
+  exit 1
+fi
+log "all steps passed"
