@@ -13,7 +13,7 @@
 #      MLP at 64 clients against the frontend count (does the protocol work keep the GPU fed?)
 #
 # Knobs (environment): PY (python3), DEVICE (cuda:0), FORMAT (torchscript), DURATION (5 s per point),
-# FRONTENDS ("1 4 8"), CONCURRENCY (1,16,64), DIGITS_FORMATS (every one whose framework imports),
+# FRONTENDS ("1 4 8"), CONCURRENCY (1,16,64), WRK_THREADS (4, frontend scaling), DIGITS_FORMATS (every one whose framework imports),
 # KIT (.gpu-kit), OUT (./gpu-session-out). With DEVICE=cpu the same steps run
 # here; tests/integration/test_gpu_session.py does that, so the script keeps working between GPU sessions.
 set -uo pipefail
@@ -24,6 +24,7 @@ FORMAT=${FORMAT:-torchscript}
 DURATION=${DURATION:-5}
 FRONTENDS=${FRONTENDS:-1 4 8}
 CONCURRENCY=${CONCURRENCY:-1,16,64}
+WRK_THREADS=${WRK_THREADS:-4}  # for the frontend scaling: one wrk thread could be the limit there
 OUT=${OUT:-$PWD/gpu-session-out}
 KIT=${KIT:-.gpu-kit}
 mkdir -p "$OUT"
@@ -66,6 +67,21 @@ for name in ("torch", "jax", "onnxruntime", "tensorflow", "grpc", "numpy"):
     print(f"  {name}: {version or ('present' if found else 'missing')}")
 EOF
 
+# The REST load generator: wrk if that machine has one, else the kit's (through a wrapper that gives
+# only wrk the kit's libraries), else the harness's Python client.
+if ! command -v wrk >/dev/null && [ -x "$KIT/wrk/wrk" ]; then
+  mkdir -p "$WORK/bin"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$(cd "$KIT/wrk" && pwd)" "$(cd "$KIT/wrk" && pwd)/wrk" \
+    >"$WORK/bin/wrk"
+  chmod +x "$WORK/bin/wrk"
+  if "$WORK/bin/wrk" --version 2>&1 | grep -q '^wrk '; then
+    export PATH=$WORK/bin:$PATH
+  else
+    log "the kit's wrk does not start here: $("$WORK/bin/wrk" --version 2>&1 | head -1)"
+  fi
+fi
+log "REST load: $(command -v wrk >/dev/null && wrk --version 2>&1 | head -1 | cut -d' ' -f1-2 || echo 'the Python client')"
+
 # 2. The digits models, from the bundle: the weights every other build holds.
 REPO=$WORK/repo
 formats=${DIGITS_FORMATS:-}
@@ -87,7 +103,7 @@ step bench_serving 420 "$PY" -m gateway.cli bench --device "$DEVICE" --format "$
 for count in $FRONTENDS; do
   TENSORGATE_FRONTENDS=$count step "bench_frontends_$count" 240 "$PY" -m gateway.cli bench --device "$DEVICE" \
     --format "$FORMAT" --model mlp_small --protocol rest-binary --concurrency 64 --duration "$DURATION" --warmup 1 \
-    --no-offline --output-dir "$OUT/bench" --name "frontends-$count" \
+    --wrk-threads "$WRK_THREADS" --no-offline --output-dir "$OUT/bench" --name "frontends-$count" \
     --title "mlp_small REST binary c64 on $DEVICE, $count frontend(s)"
 done
 

@@ -5,6 +5,7 @@
 #   .gpu-kit/wheels/  Python 3.12 wheels (no dependencies) of the packages that machine lacks, at the
 #                     versions this venv runs
 #   .gpu-kit/digits.npz  the digits test split and the trained weights (that machine has no scikit-learn)
+#   .gpu-kit/wrk/     this machine's wrk and the shared libraries it needs beyond glibc
 # The folder is git-ignored; the device tool carries it (carry: [".gpu-kit"], at most 64 MiB).
 #
 #   bash scripts/gpu_kit.sh            # then: run bash benchmarks/gpu_session.sh, carrying .gpu-kit
@@ -28,6 +29,20 @@ mkdir -p "$KIT/wheels"
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$KIT/wheels" "${PACKAGES[@]}"
 "$PYTHON" scripts/build_model_repo.py --save-digits "$KIT/digits.npz"
+# wrk, the REST load generator, and the libraries it may not find there (LuaJIT, OpenSSL 3); the
+# session runs it through a wrapper that points only wrk at them, and falls back to the Python client
+# when it does not start.
+rm -rf "$KIT/wrk"
+if command -v wrk >/dev/null; then
+  mkdir -p "$KIT/wrk"
+  cp "$(command -v wrk)" "$KIT/wrk/wrk"
+  for lib in libluajit-5.1.so.2 libssl.so.3 libcrypto.so.3; do
+    path=$(ldd "$(command -v wrk)" | awk -v lib="$lib" '$1 == lib {print $3}')
+    [ -n "$path" ] && cp -L "$path" "$KIT/wrk/"
+  done
+else
+  echo "gpu_kit: no wrk here (apt-get install wrk): the session's REST load will use the Python client" >&2
+fi
 du -sh "$KIT"
 size_kib=$(du -sk "$KIT" | cut -f1)
 if [ "$size_kib" -gt $((60 * 1024)) ]; then
