@@ -87,6 +87,14 @@ class Point:
     def label(self) -> str:
         return f"{self.model} {self.protocol} c={self.concurrency}"
 
+    @property
+    def compute_busy(self) -> float | None:
+        """The model's compute time over the run's wall time: the share of the run an instance was busy
+        (summed over instances, so it can pass 1 with several)."""
+        if not self.elapsed_s or not self.executions:
+            return None
+        return self.executions * self.server_compute_ms / 1e3 / self.elapsed_s
+
 
 def compare(point: Point, offline: Offline, max_batch_size: int) -> Comparison:
     reference = min(point.concurrency * point.rows_per_request, max_batch_size)
@@ -139,17 +147,22 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 def served_table(points: list[Point]) -> str:
     head = ("| model | protocol | conc | generator | requests | errors | req/s | infer/s | p50 ms | p90 ms "
-            "| p99 ms | mean batch | queue ms | compute ms/batch | CPU s loadgen | CPU s gateway | CPU s workers "
-            "| CPU s other | gateway CPU µs/req |")
+            "| p99 ms | mean batch | queue ms | compute ms/batch | compute busy | CPU s loadgen | CPU s gateway "
+            "| CPU s workers | CPU s other | gateway CPU µs/req |")
     rows = [head, _rule(head)]
     for p in points:
         rows.append(f"| {p.model} | {p.protocol} | {p.concurrency} | {p.generator} | {p.requests:,} | {p.errors:,} "
                     f"| {_f(p.requests_per_s)} | {_f(p.inferences_per_s)} | {_f(p.p50_ms, 2)} | {_f(p.p90_ms, 2)} "
                     f"| {_f(p.p99_ms, 2)} | {_f(p.mean_batch, 2)} | {_f(p.server_queue_ms, 2)} "
-                    f"| {_f(p.server_compute_ms, 2)} | {_f(p.loadgen_cpu_s)} | {_f(p.gateway_cpu_s)} "
+                    f"| {_f(p.server_compute_ms, 2)} | {_percent(p.compute_busy)} | {_f(p.loadgen_cpu_s)} "
+                    f"| {_f(p.gateway_cpu_s)} "
                     f"| {_f(p.workers_cpu_s)} | {_f(p.other_cpu_s)} "
                     f"| {_f(_per_request_us(p.gateway_cpu_s, p.requests), 0)} |")
     return "\n".join(rows)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def _per_request_us(cpu_s: float | None, requests: int) -> float | None:
@@ -254,7 +267,9 @@ def markdown(report: Report, png_name: str | None) -> str:
             "from `/proc`, each process with all its threads: the load generator, the server's model workers, and "
             "the gateway (every other process of the server: supervisor, frontends, helpers); *gateway CPU µs/req* "
             "is the gateway's CPU seconds divided by the requests, the protocol work a request costs the server "
-            "outside the model. *CPU s other* is the machine's busy time during the run minus those three: other "
+            "outside the model. *compute busy* is the model's compute time (the statistics' compute_infer) over "
+            "the run's wall time: how much of the run an instance was computing (summed over instances). "
+            "*CPU s other* is the machine's busy time during the run minus those three: other "
             "work that shared the cores (the harness's own once-a-second progress poll included).",
             "", served_table(report.points)]
     if any(p.processes for p in report.points):

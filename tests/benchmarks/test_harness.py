@@ -21,7 +21,7 @@ from benchmarks import offline, wrk
 from benchmarks.inputs import BenchError
 from benchmarks.models import MODELS, build_onnx, reference, sample_input
 from benchmarks.profile import summarize
-from benchmarks.report import Offline, Point, compare
+from benchmarks.report import Offline, Point, compare, served_table
 from benchmarks.repository import ServingOptions, prepare_run_repo
 from benchmarks.runner import RunConfig, run
 from benchmarks.server import BenchServer
@@ -223,6 +223,10 @@ def test_comparison_with_the_offline_limit() -> None:
     assert c.offline_rows_s_at_server_batches == pytest.approx(100 / 0.26)
     assert c.offline_ms_per_server_batch == pytest.approx(260 / 30)
     assert c.overhead_p50_ms == pytest.approx(12.0 - 260 / 30)
+    # 30 batches of 8 ms in a 1 s run: the instance computed 24% of the time.
+    assert point.compute_busy == pytest.approx(0.24)
+    assert "| 8.00 | 24% | 0.1 |" in served_table([point])
+    assert replace(point, executions=0).compute_busy is None
 
 
 def test_stats_delta_and_profile_summary(tmp_path: Path) -> None:
