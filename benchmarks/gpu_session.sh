@@ -60,11 +60,12 @@ fi
 log "unpacked ${#wheels[@]} wheels"
 export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
 "$PY" - <<'EOF' | tee -a "$OUT/session.log"
-import importlib.util
-for name in ("torch", "jax", "onnxruntime", "tensorflow", "grpc", "numpy"):
-    found = importlib.util.find_spec(name)
-    version = getattr(__import__(name), "__version__", "?") if found and name != "tensorflow" else ""
-    print(f"  {name}: {version or ('present' if found else 'missing')}")
+from importlib.metadata import PackageNotFoundError, version
+for name in ("torch", "jax", "jaxlib", "onnxruntime", "onnx", "tensorflow", "numpy", "grpcio", "protobuf"):
+    try:
+        print(f"  {name}: {version(name)}")
+    except PackageNotFoundError:
+        print(f"  {name}: missing")
 EOF
 
 # The REST load generator: wrk if that machine has one, else the kit's (through a wrapper that gives
@@ -80,7 +81,11 @@ if ! command -v wrk >/dev/null && [ -x "$KIT/wrk/wrk" ]; then
     log "the kit's wrk does not start here: $("$WORK/bin/wrk" --version 2>&1 | head -1)"
   fi
 fi
-log "REST load: $(command -v wrk >/dev/null && wrk --version 2>&1 | head -1 | cut -d' ' -f1-2 || echo 'the Python client')"
+if command -v wrk >/dev/null; then
+  log "REST load: $( (wrk --version 2>&1 || true) | head -1 | cut -d' ' -f1-2)"
+else
+  log "REST load: the Python client (no wrk)"
+fi
 
 # 2. The digits models, from the bundle: the weights every other build holds.
 REPO=$WORK/repo

@@ -22,6 +22,10 @@ PACKAGES=(
   annotated-types==0.8.0 annotated-doc==0.0.7 typing-inspection==0.4.5 typing_extensions==4.16.0
   cryptography==50.0.2 cffi==2.1.1 pycparser==3.12
   grpcio-health-checking==1.81.1 opentelemetry-api==1.45.2
+  # Present there, but at versions of their own: our generated protobuf modules need a protobuf runtime at
+  # least as new as the one that generated them, and jax.export serialises with flatbuffers, which jax
+  # does not install. These take precedence on PYTHONPATH.
+  protobuf==6.33.6 grpcio==1.81.1 flatbuffers==25.12.19
 )
 rm -rf "$KIT/wheels"
 mkdir -p "$KIT/wheels"
