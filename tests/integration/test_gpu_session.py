@@ -38,8 +38,8 @@ def test_the_gpu_session_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     for fmt in DIGITS_FORMATS:
         row = next(line for line in summary.splitlines() if line.startswith(f"| digits_{fmt} |"))
         assert "| cpu | host | ok |" in row, row
-    serving = (out / "bench" / "serving.md").read_text()
     for model in ("mlp_small", "mlp_large"):
+        serving = (out / "bench" / f"{model}.md").read_text()
         for protocol in ("rest-binary", "grpc"):
             assert f"| {model}_torchscript | {protocol} | 2 |" in serving, serving
     frontends = (out / "bench" / "frontends-2.md").read_text()
