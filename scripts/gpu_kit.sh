@@ -2,8 +2,8 @@
 # Build .gpu-kit/ here: what benchmarks/gpu_session.sh needs on the GPU machine and cannot get there
 # (it has no network, Python 3.12, and torch, JAX and ONNX but none of our serving stack; see
 # ../shared/reference/gpu-machine.md):
-#   .gpu-kit/wheels/  Python 3.12 wheels (no dependencies) of the packages that machine lacks, at the
-#                     versions this venv runs
+#   .gpu-kit/wheels/  Python 3.12 wheels (no dependencies) of the packages that machine lacks or has at
+#                     other versions, at the versions this venv runs
 #   .gpu-kit/digits.npz  the digits test split and the trained weights (that machine has no scikit-learn)
 #   .gpu-kit/wrk/     this machine's wrk and the shared libraries it needs beyond glibc
 # The folder is git-ignored; the device tool carries it (carry: [".gpu-kit"], at most 64 MiB).
@@ -42,7 +42,7 @@ if command -v wrk >/dev/null; then
   cp "$(command -v wrk)" "$KIT/wrk/wrk"
   for lib in libluajit-5.1.so.2 libssl.so.3 libcrypto.so.3; do
     path=$(ldd "$(command -v wrk)" | awk -v lib="$lib" '$1 == lib {print $3}')
-    [ -n "$path" ] && cp -L "$path" "$KIT/wrk/"
+    if [ -n "$path" ]; then cp -L "$path" "$KIT/wrk/"; fi
   done
 else
   echo "gpu_kit: no wrk here (apt-get install wrk): the session's REST load will use the Python client" >&2
