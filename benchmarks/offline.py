@@ -86,9 +86,11 @@ def _torch_threads(threads: int) -> None:
 def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
     import torch
 
+    from runtimes.torchscript import JIT_LOAD_DEPRECATION
+
     _torch_threads(threads)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=JIT_LOAD_DEPRECATION, category=DeprecationWarning)
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     module.eval()
 
@@ -156,11 +158,13 @@ def torch_device_runner(fmt: str, path: Path, threads: int, device: str) -> tupl
     """A TorchScript or torch.export model on ``device``: batch in from host memory, outputs back to it."""
     import torch
 
+    from runtimes.torchscript import JIT_LOAD_DEPRECATION
+
     _torch_threads(threads)
     target = torch.device(device)
     if fmt == "torchscript":
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=JIT_LOAD_DEPRECATION, category=DeprecationWarning)
             module = torch.jit.load(str(path), map_location=target)  # type: ignore[no-untyped-call]
         module.eval()
     else:
