@@ -180,7 +180,7 @@ def use_digits_bundle(path: Path | None) -> None:
 
 
 def save_digits_bundle(path: Path, seed: int = 0) -> None:
-    """Write the test split and the weights trained with ``seed`` to ``path`` (.npz, ~60 KB)."""
+    """Write the test split and the weights trained with ``seed`` to ``path`` (.npz, ~28 KB)."""
     model = train_digits_mlp(seed)
     x_test, y_test = digits_test_split()
     buffer = io.BytesIO()
