@@ -3,7 +3,8 @@
 ``python -m benchmarks.offline`` loads the model file the server serves, with the same
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
-``runtimes/torchscript.py``; an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
+``runtimes/torchscript.py``, with its linear layers on the kernel the server uses, ``--linear-kernel``
+(``runtimes/onednn_linear.py``); an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
 it, through its loader's ``boxed_run``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which
 holds the interpreter, its shape cache and the quantization the server applies), and times one call
 per batch size: the median of repeated calls after a warm-up. ``--inputs`` describes the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -35,6 +37,7 @@ import numpy as np
 from benchmarks.cli import DEVICE_FORMATS
 from benchmarks.inputs import SEED, generate
 from gateway.repository.pt2 import is_aoti_package
+from runtimes.onednn_linear import DEFAULT_LINEAR_KERNEL, LINEAR_KERNELS
 
 RESULT_PREFIX = "TGBENCH "
 #: Formats timed offline, and the file a Triton-style repository holds them in.
@@ -83,9 +86,11 @@ def _torch_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+def torchscript_runner(path: Path, threads: int, batched: bool,
+                       linear_kernel: str = DEFAULT_LINEAR_KERNEL) -> tuple[str, Runner]:
     import torch
 
+    from runtimes.onednn_linear import use_onednn_linear
     from runtimes.torchscript import JIT_LOAD_DEPRECATION
 
     _torch_threads(threads)
@@ -93,6 +98,9 @@ def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Ru
         warnings.filterwarnings("ignore", message=JIT_LOAD_DEPRECATION, category=DeprecationWarning)
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     module.eval()
+    framework = f"torch {torch.__version__}"
+    if linear_kernel == "onednn" and use_onednn_linear(module):
+        framework += ", linear layers on oneDNN"
 
     def tensor(x: np.ndarray) -> Any:
         if x.dtype.kind == "O":
@@ -105,7 +113,7 @@ def torchscript_runner(path: Path, threads: int, batched: bool) -> tuple[str, Ru
         with torch.inference_mode():
             return module(*(tensor(x) for _, x in inputs))
 
-    return f"torch {torch.__version__}", run
+    return framework, run
 
 
 def torch_export_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
@@ -236,10 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", required=True, help="comma-separated")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
     parser.add_argument("--device", default="cpu", help=f"cpu, or cuda:N for {' and '.join(DEVICE_FORMATS)}")
+    parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default=DEFAULT_LINEAR_KERNEL,
+                        help="TorchScript on the CPU: the kernel of its linear layers, as parameters.linear_kernel")
     args = parser.parse_args(argv)
     description = json.loads(args.inputs)
     if args.device == "cpu":
-        framework, run = RUNNERS[args.format](args.model_file, args.threads, bool(description["batched"]))
+        factory = RUNNERS[args.format]
+        if args.format == "torchscript":
+            factory = functools.partial(torchscript_runner, linear_kernel=args.linear_kernel)
+        framework, run = factory(args.model_file, args.threads, bool(description["batched"]))
     elif args.format in DEVICE_FORMATS:
         framework, run = torch_device_runner(args.format, args.model_file, args.threads, args.device)
     else:

@@ -44,6 +44,7 @@ from benchmarks.processes import ProcessCpu, ProcessTree, ServerProcess, cpu_bet
 from benchmarks.report import Offline, Point, Report, compare, markdown, plot
 from benchmarks.repository import CACHE, ServingOptions, ensure_built, prepare_run_repo
 from benchmarks.server import BenchServer, worker_pids
+from runtimes.onednn_linear import LINEAR_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -345,6 +346,9 @@ def measure_offline(cfg: RunConfig, model: _Model, sizes: set[int]) -> Offline:
                "--model-file", str(model.offline_file), "--inputs", json.dumps(description),
                "--threads", str(model.offline_threads), "--batch-sizes", ",".join(map(str, sorted(sizes))),
                "--min-time", str(cfg.offline_time), "--device", cfg.options.device]
+    kernel = model.signature.parameters.get("linear_kernel")
+    if model.offline_format == "torchscript" and kernel in LINEAR_KERNELS:
+        command += ["--linear-kernel", kernel]  # else TensorGate's default, as the server runs it
     stdout, stderr, code, _ = run_child(command)
     if code != 0:
         raise RuntimeError(f"the offline measurement of {model.served} failed ({code}): {stderr.strip()[-1500:]}")

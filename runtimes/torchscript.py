@@ -13,6 +13,10 @@ so models in one worker keep their own. ``inter_op_threads`` (default 1) only se
 TorchScript's ``fork``; torch fixes it once per process, so the first model loaded in the
 worker decides it.
 
+Linear layers: on the CPU, ``parameters.linear_kernel`` (default ``onednn``) runs a TorchScript
+model's FP32 ``aten::linear`` calls on oneDNN (``runtimes/onednn_linear.py``: 1.2-1.6x faster at
+serving batch sizes here); ``aten`` keeps torch's own call.
+
 Device: ``cuda:N`` moves the weights there; each batch is gathered straight into pinned host memory
 (``runtimes/staging.py``), copied to the GPU once, and its outputs copied back once.
 """
@@ -34,6 +38,7 @@ from gateway.contract import LoadModel, Signature
 from gateway.logs import log_event
 from gateway.scheduling.scheduler import Inputs
 from runtimes.base import InvalidInput, ModelLoadError, RuntimeAdapter, cuda_index, default_threads
+from runtimes.onednn_linear import linear_kernel, use_onednn_linear
 from runtimes.staging import gather_into, pinned_bytes
 
 log = logging.getLogger("tensorgate.torch")
@@ -166,12 +171,24 @@ class TorchScriptAdapter(TorchAdapter):
         except Exception as exc:  # torch raises RuntimeError, ValueError, zip errors... for a bad file
             raise ModelLoadError(f"{self.path}: not a TorchScript model: {_first_line(exc)}") from None
         module.eval()
+        if self.device.type == "cpu":
+            self._choose_linear_kernel(module)
         self._module = module
         try:
             arguments = [a.name for a in module.forward.schema.arguments[1:]]  # [0] is self
         except AttributeError:
             raise ModelLoadError(f"{self.path}: the TorchScript module has no forward method") from None
         self.bind_inputs(arguments)
+
+    def _choose_linear_kernel(self, module: torch.jit.ScriptModule) -> None:
+        try:
+            kernel = linear_kernel(self.spec.parameters)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
+        if kernel == "onednn":
+            layers = use_onednn_linear(module)
+            if layers:
+                log_event(log, "linear_layers_on_onednn", model=self.spec.model_name, layers=layers)
 
     def signature(self) -> Signature | None:
         return None  # TorchScript has no names or dtypes: the config is the signature

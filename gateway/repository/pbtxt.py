@@ -66,6 +66,7 @@ PARAMETER_NAMES: dict[str, str] = {
     "signature_name": "signature_name",
     "raw_quantized": "raw_quantized",
     "pad_batches_to": "pad_batches_to",
+    "linear_kernel": "linear_kernel",
     "intra_op_thread_count": "intra_op_threads",
     "inter_op_thread_count": "inter_op_threads",
     "INTRA_OP_THREAD_COUNT": "intra_op_threads",

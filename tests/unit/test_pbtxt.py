@@ -240,6 +240,11 @@ def test_pad_batches_to_parameter(tmp_path: Path) -> None:
     assert _load(tmp_path, text).parameters == {"pad_batches_to": "1,4,8"}
 
 
+def test_linear_kernel_parameter(tmp_path: Path) -> None:
+    text = 'platform: "pytorch_libtorch"\nparameters { key: "linear_kernel" value { string_value: "aten" } }\n'
+    assert _load(tmp_path, text).parameters == {"linear_kernel": "aten"}
+
+
 def test_signature_name_parameter(tmp_path: Path) -> None:
     text = 'backend: "tensorflow"\nparameters { key: "signature_name" value { string_value: "predict" } }\n'
     assert _load(tmp_path, text).parameters == {"signature_name": "predict"}
