@@ -3,7 +3,7 @@
 ``python -m benchmarks.offline`` loads the model file the server serves, with the same
 framework threads as the server's worker (ONNX Runtime: same session options as
 ``runtimes/onnx.py``; torch: ``set_num_threads`` and ``inference_mode`` as
-``runtimes/torchscript.py``, with its linear layers on the kernel the server uses, ``--linear-kernel``
+``runtimes/torchscript.py``, with their linear layers on the kernel the server uses, ``--linear-kernel``
 (``runtimes/onednn_linear.py``); an AOTInductor package called as ``runtimes/torch_aoti.py`` calls
 it, through its loader's ``boxed_run``; LiteRT: the adapter of ``runtimes/tflite.py`` itself, which
 holds the interpreter, its shape cache and the quantization the server applies), and times one call
@@ -116,17 +116,23 @@ def torchscript_runner(path: Path, threads: int, batched: bool,
     return framework, run
 
 
-def torch_export_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
+def torch_export_runner(path: Path, threads: int, batched: bool,
+                        linear_kernel: str = DEFAULT_LINEAR_KERNEL) -> tuple[str, Runner]:
     import torch
+
+    from runtimes.onednn_linear import use_onednn_linear_fx
 
     _torch_threads(threads)
     module = torch.export.load(str(path)).module()
+    framework = f"torch {torch.__version__}"
+    if linear_kernel == "onednn" and use_onednn_linear_fx(module):
+        framework += ", linear layers on oneDNN"
 
     def run(inputs: list[tuple[str, np.ndarray]]) -> object:
         with torch.inference_mode():
             return module(*(torch.from_numpy(x) for _, x in inputs))
 
-    return f"torch {torch.__version__}", run
+    return framework, run
 
 
 def torch_aoti_runner(path: Path, threads: int, batched: bool) -> tuple[str, Runner]:
@@ -199,6 +205,10 @@ RUNNERS: dict[str, RunnerFactory] = {"onnx": onnx_runner, "torchscript": torchsc
                                      "tflite": tflite_runner}
 
 
+#: The formats whose linear layers the server may move to oneDNN (``parameters.linear_kernel``).
+LINEAR_FORMATS = {"torchscript": torchscript_runner, "torch_export": torch_export_runner}
+
+
 def format_of(version: Path) -> str | None:
     """The timed format whose file a version folder holds (a ``.pt2``'s contents tell which of two)."""
     for fmt, name in MODEL_FILES.items():
@@ -245,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per batch size")
     parser.add_argument("--device", default="cpu", help=f"cpu, or cuda:N for {' and '.join(DEVICE_FORMATS)}")
     parser.add_argument("--linear-kernel", choices=LINEAR_KERNELS, default=DEFAULT_LINEAR_KERNEL,
-                        help="TorchScript on the CPU: the kernel of its linear layers, as parameters.linear_kernel")
+                        help="TorchScript and torch.export on the CPU: the kernel of their linear layers, as "
+                             "parameters.linear_kernel")
     args = parser.parse_args(argv)
     description = json.loads(args.inputs)
     if args.device == "cpu":
         factory = RUNNERS[args.format]
-        if args.format == "torchscript":
-            factory = functools.partial(torchscript_runner, linear_kernel=args.linear_kernel)
+        if args.format in LINEAR_FORMATS:
+            factory = functools.partial(LINEAR_FORMATS[args.format], linear_kernel=args.linear_kernel)
         framework, run = factory(args.model_file, args.threads, bool(description["batched"]))
     elif args.format in DEVICE_FORMATS:
         framework, run = torch_device_runner(args.format, args.model_file, args.threads, args.device)

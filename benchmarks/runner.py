@@ -347,7 +347,7 @@ def measure_offline(cfg: RunConfig, model: _Model, sizes: set[int]) -> Offline:
                "--threads", str(model.offline_threads), "--batch-sizes", ",".join(map(str, sorted(sizes))),
                "--min-time", str(cfg.offline_time), "--device", cfg.options.device]
     kernel = model.signature.parameters.get("linear_kernel")
-    if model.offline_format == "torchscript" and kernel in LINEAR_KERNELS:
+    if model.offline_format in offline_module.LINEAR_FORMATS and kernel in LINEAR_KERNELS:
         command += ["--linear-kernel", kernel]  # else TensorGate's default, as the server runs it
     stdout, stderr, code, _ = run_child(command)
     if code != 0:

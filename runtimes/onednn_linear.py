@@ -1,4 +1,4 @@
-"""TorchScript linear layers on oneDNN instead of aten's BLAS call (CPU, FP32 only).
+"""Torch linear layers on oneDNN instead of aten's BLAS call (CPU, FP32 only).
 
 On the CPU ``aten::linear`` calls MKL's sgemm. At the batches a server runs (1-64 rows), the
 weight matrix is re-read in MKL's packed layout on every call, and this host's AMD EPYC gets a
@@ -7,9 +7,11 @@ ran the anchors' MLP 784-2048-2048-10 20-25% faster at batch 1-32 on one thread,
 784-4096³-10 MLP 1.4-1.6x faster at batch 8-64. Triton's PyTorch backend calls ``aten::linear``.
 The measurements and the default are in docs/decisions.md.
 
-Each ``aten::linear`` in every method of the module and its submodules becomes a branch. The
-oneDNN branch runs when the input and the weight are FP32 and the input is not empty; any
-other input takes the original ``aten::linear``, so the model's behaviour is unchanged.
+In a TorchScript module each ``aten::linear`` in every method of the module and its submodules
+becomes a branch; in a ``torch.export`` program's module each ``aten.linear`` call becomes a call
+of ``onednn_linear`` below, which branches the same way. The oneDNN branch runs when the input
+and the weight are FP32 and the input is not empty; any other input takes the original
+``aten::linear``, so the model's behaviour is unchanged.
 Results differ from MKL's in the last bits, as with any other GEMM or thread count.
 """
 
@@ -91,6 +93,37 @@ def use_onednn_linear(module: torch.jit.ScriptModule) -> int:
         torch._C._jit_pass_custom_pattern_based_rewrite_graph(_PATTERN, _REPLACEMENT, graph)
         rewritten += _count(graph, _ONEDNN_OP)
     return rewritten
+
+
+def use_onednn_linear_fx(module: torch.fx.GraphModule) -> int:
+    """The same for a ``torch.export`` program's module (an FX graph); returns how many calls moved."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return 0
+    moved = 0
+    for graph_module in module.modules():
+        if not isinstance(graph_module, torch.fx.GraphModule):
+            continue
+        nodes = [n for n in graph_module.graph.nodes
+                 if n.op == "call_function" and n.target is torch.ops.aten.linear.default]
+        for node in nodes:
+            node.target = onednn_linear
+        if nodes:
+            graph_module.recompile()
+            moved += len(nodes)
+    return moved
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``aten.linear`` on oneDNN where it can run there (FP32, not empty), else ``aten.linear`` itself."""
+    import torch
+
+    if x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0:
+        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    else:
+        result = torch.ops.aten.linear.default(x, weight, bias)
+    return result
 
 
 def onednn_layers(module: torch.jit.ScriptModule) -> int:

@@ -5,7 +5,7 @@ An exported program knows its inputs' names (``forward``'s arguments), dtypes an
 names only when ``forward`` returns a dict. So the config may leave the inputs out, and
 the outputs too for a dict-returning program; where it lists them they are checked
 against the program. Inputs are passed by name when the config uses ``forward``'s
-argument names, else in config order. Threads, devices and output mapping are those of
+argument names, else in config order. Threads, devices, output mapping and linear layers are those of
 the TorchScript adapter.
 """
 
@@ -18,8 +18,10 @@ import torch
 import torch.utils._pytree as pytree
 
 from gateway.contract import LoadModel, Signature, TensorSpec
+from gateway.logs import log_event
 from runtimes.base import InvalidInput, ModelLoadError
-from runtimes.torchscript import DATATYPE_OF, TorchAdapter, _first_line
+from runtimes.onednn_linear import use_onednn_linear_fx
+from runtimes.torchscript import DATATYPE_OF, TorchAdapter, _first_line, log
 
 
 class _Held(logging.Filter):
@@ -81,6 +83,14 @@ class TorchExportAdapter(TorchAdapter):
             self._module = program.module().to(self.device)
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: cannot place the program on {spec.device}: {exc}") from None
+        if self.device.type == "cpu":
+            self._choose_linear_kernel()
+
+    def _choose_linear_kernel(self) -> None:
+        if self.linear_kernel() == "onednn":
+            calls = use_onednn_linear_fx(self._module)
+            if calls:
+                log_event(log, "linear_layers_on_onednn", model=self.spec.model_name, layers=calls)
 
     def signature(self) -> Signature:
         return self._signature

@@ -13,8 +13,8 @@ so models in one worker keep their own. ``inter_op_threads`` (default 1) only se
 TorchScript's ``fork``; torch fixes it once per process, so the first model loaded in the
 worker decides it.
 
-Linear layers: on the CPU, ``parameters.linear_kernel`` (default ``onednn``) runs a TorchScript
-model's FP32 ``aten::linear`` calls on oneDNN (``runtimes/onednn_linear.py``: 1.2-1.6x faster at
+Linear layers: on the CPU, ``parameters.linear_kernel`` (default ``onednn``) runs both formats'
+FP32 ``aten::linear`` calls on oneDNN (``runtimes/onednn_linear.py``: 1.2-1.6x faster at
 serving batch sizes here); ``aten`` keeps torch's own call.
 
 Device: ``cuda:N`` moves the weights there; each batch is gathered straight into pinned host memory
@@ -84,6 +84,13 @@ class TorchAdapter(RuntimeAdapter):
         self.output_datatypes = dict(spec.outputs or [])
         self.input_names: list[str] = []
         self.by_name = False
+
+    def linear_kernel(self) -> str:
+        """``parameters.linear_kernel``, checked (``runtimes/onednn_linear.py``)."""
+        try:
+            return linear_kernel(self.spec.parameters)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
 
     @abstractmethod
     def run(self, args: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
@@ -181,11 +188,7 @@ class TorchScriptAdapter(TorchAdapter):
         self.bind_inputs(arguments)
 
     def _choose_linear_kernel(self, module: torch.jit.ScriptModule) -> None:
-        try:
-            kernel = linear_kernel(self.spec.parameters)
-        except ValueError as exc:
-            raise ModelLoadError(f"{self.path}: {exc}") from None
-        if kernel == "onednn":
+        if self.linear_kernel() == "onednn":
             layers = use_onednn_linear(module)
             if layers:
                 log_event(log, "linear_layers_on_onednn", model=self.spec.model_name, layers=layers)

@@ -81,6 +81,24 @@ def test_the_device_runner_moves_the_batch_in_and_the_outputs_back(tmp_path: Pat
         np.testing.assert_allclose(y.numpy(), reference(TINY, x), rtol=1e-4, atol=1e-5)
 
 
+def test_the_offline_runners_time_the_linear_kernel_the_server_uses(tmp_path: Path) -> None:
+    """TorchScript and torch.export are timed with their linear layers on oneDNN, as served by default,
+    or on aten with ``--linear-kernel aten``; both give the reference's values."""
+    pytest.importorskip("torch")
+    from benchmarks.models import build
+
+    x = sample_input(TINY, 3)
+    for fmt, name in (("torchscript", "model.pt"), ("torch_export", "model.pt2")):
+        build(TINY, fmt, tmp_path / fmt / name)
+        for kernel, label in (("onednn", ", linear layers on oneDNN"), ("aten", "")):
+            framework, run = offline.LINEAR_FORMATS[fmt](tmp_path / fmt / name, 1, True, linear_kernel=kernel)
+            assert framework.startswith("torch ") and framework.endswith(label)
+            assert kernel == "onednn" or "oneDNN" not in framework
+            y = run([("input", x)])
+            [y] = y if isinstance(y, list) else [y]
+            np.testing.assert_allclose(np.asarray(y), reference(TINY, x), rtol=1e-4, atol=1e-5)
+
+
 def test_a_device_goes_into_the_served_config_and_bad_ones_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.repository import config_text
 

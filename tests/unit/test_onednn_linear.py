@@ -1,4 +1,4 @@
-"""TorchScript linear layers moved onto oneDNN: same results, every linear found once, fallbacks kept."""
+"""Torch linear layers moved onto oneDNN: same results, every linear found once, fallbacks kept."""
 
 import logging
 from pathlib import Path
@@ -9,7 +9,8 @@ import torch
 
 from gateway.contract import LoadModel
 from runtimes.base import ModelLoadError
-from runtimes.onednn_linear import onednn_layers, use_onednn_linear
+from runtimes.onednn_linear import onednn_layers, onednn_linear, use_onednn_linear
+from runtimes.torch_export import TorchExportAdapter
 from runtimes.torchscript import TorchScriptAdapter
 
 # The anchors' models are traced: so is this one's.
@@ -104,3 +105,49 @@ def test_the_adapter_uses_onednn_by_default_and_aten_when_asked(tmp_path: Path,
 def test_an_unknown_linear_kernel_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"parameters.linear_kernel is 'mkl'; use one of onednn, aten"):
         _adapter(_mlp(tmp_path), linear_kernel="mkl")
+
+
+def _exported_mlp(path: Path) -> Path:
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(net, (torch.zeros(2, 64),), dynamic_shapes=({0: batch},))
+    version = path / "1"
+    version.mkdir()
+    torch.export.save(program, str(version / "model.pt2"))
+    return version
+
+
+def _export_adapter(version: Path, **parameters: str) -> TorchExportAdapter:
+    return TorchExportAdapter(LoadModel(
+        key="mlp:1", model_name="mlp", path=str(version), platform="torch_export", max_batch_size=8, device="cpu",
+        instances=1, parameters={"intra_op_threads": 1, **parameters}, outputs=[("output", "FP32")]))
+
+
+def _fx_targets(adapter: TorchExportAdapter) -> list[object]:
+    return [n.target for n in adapter._module.graph.nodes if n.op == "call_function"]
+
+
+def test_torch_export_programs_move_their_linear_calls_too(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    version = _exported_mlp(tmp_path)
+    with caplog.at_level(logging.INFO, logger="tensorgate.torch"):
+        default = _export_adapter(version)
+    assert "event=linear_layers_on_onednn model=mlp layers=2" in caplog.text
+    aten = _export_adapter(version, linear_kernel="aten")
+    assert _fx_targets(default).count(onednn_linear) == 2
+    assert _fx_targets(aten).count(torch.ops.aten.linear.default) == 2 and onednn_linear not in _fx_targets(aten)
+    x = {"input": np.random.default_rng(1).standard_normal((3, 64), dtype=np.float32)}
+    np.testing.assert_allclose(default.execute(x, ["output"])["output"], aten.execute(x, ["output"])["output"],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelLoadError, match=r"parameters\.linear_kernel is 'fast'"):
+        _export_adapter(version, linear_kernel="fast")
+
+
+def test_the_fx_call_falls_back_where_onednn_cannot_run() -> None:
+    weight, bias = torch.randn(4, 3), torch.randn(4)
+    assert onednn_linear(torch.randn(0, 3), weight, bias).shape == (0, 4)
+    doubles = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(onednn_linear(doubles, weight.double(), bias.double()),
+                               torch.nn.functional.linear(doubles, weight.double(), bias.double()))
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(onednn_linear(x, weight), torch.nn.functional.linear(x, weight))
