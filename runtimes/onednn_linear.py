@@ -1,8 +1,9 @@
 """Torch linear layers on oneDNN instead of aten's BLAS call (CPU, FP32 only).
 
-On the CPU ``aten::linear`` calls MKL's sgemm. At the batches a server runs (1-64 rows), the
-weight matrix is re-read in MKL's packed layout on every call, and this host's AMD EPYC gets a
-generic code path. oneDNN's linear (``mkldnn::_linear_pointwise``, in every CPU build of torch)
+On the CPU ``aten::linear`` calls MKL's sgemm, which is slow at the batches a server runs (1-64
+rows) on this project's AMD EPYC hosts. Why was not traced: MKL is known to take generic code
+paths on non-Intel CPUs, and a small-batch GEMM pays for packing the weights on every call.
+oneDNN's linear (``mkldnn::_linear_pointwise``, in every CPU build of torch)
 ran the anchors' MLP 784-2048-2048-10 20-25% faster at batch 1-32 on one thread, and the
 784-4096³-10 MLP 1.4-1.6x faster at batch 8-64. Triton's PyTorch backend calls ``aten::linear``.
 The measurements and the default are in docs/decisions.md.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where the rewrite runs, so the benchmark harness can read the names
     import torch
 
-#: Parameter ``linear_kernel``: the CPU kernel for a TorchScript model's linear layers.
+#: Parameter ``linear_kernel``: the CPU kernel of a torch model's linear layers.
 LINEAR_KERNELS = ("onednn", "aten")
 DEFAULT_LINEAR_KERNEL = "onednn"
 

@@ -83,14 +83,10 @@ class TorchExportAdapter(TorchAdapter):
             self._module = program.module().to(self.device)
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: cannot place the program on {spec.device}: {exc}") from None
-        if self.device.type == "cpu":
-            self._choose_linear_kernel()
-
-    def _choose_linear_kernel(self) -> None:
-        if self.linear_kernel() == "onednn":
+        if self.onednn_linear:
             calls = use_onednn_linear_fx(self._module)
             if calls:
-                log_event(log, "linear_layers_on_onednn", model=self.spec.model_name, layers=calls)
+                log_event(log, "linear_layers_on_onednn", model=spec.model_name, layers=calls)
 
     def signature(self) -> Signature:
         return self._signature

@@ -84,13 +84,12 @@ class TorchAdapter(RuntimeAdapter):
         self.output_datatypes = dict(spec.outputs or [])
         self.input_names: list[str] = []
         self.by_name = False
-
-    def linear_kernel(self) -> str:
-        """``parameters.linear_kernel``, checked (``runtimes/onednn_linear.py``)."""
         try:
-            return linear_kernel(self.spec.parameters)
+            kernel = linear_kernel(params)  # checked on any device, used on the CPU
         except ValueError as exc:
             raise ModelLoadError(f"{self.path}: {exc}") from None
+        #: Whether the format's adapter moves the model's linear layers to oneDNN (``runtimes/onednn_linear.py``).
+        self.onednn_linear = kernel == "onednn" and self.device.type == "cpu"
 
     @abstractmethod
     def run(self, args: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
@@ -178,20 +177,16 @@ class TorchScriptAdapter(TorchAdapter):
         except Exception as exc:  # torch raises RuntimeError, ValueError, zip errors... for a bad file
             raise ModelLoadError(f"{self.path}: not a TorchScript model: {_first_line(exc)}") from None
         module.eval()
-        if self.device.type == "cpu":
-            self._choose_linear_kernel(module)
+        if self.onednn_linear:
+            layers = use_onednn_linear(module)
+            if layers:
+                log_event(log, "linear_layers_on_onednn", model=spec.model_name, layers=layers)
         self._module = module
         try:
             arguments = [a.name for a in module.forward.schema.arguments[1:]]  # [0] is self
         except AttributeError:
             raise ModelLoadError(f"{self.path}: the TorchScript module has no forward method") from None
         self.bind_inputs(arguments)
-
-    def _choose_linear_kernel(self, module: torch.jit.ScriptModule) -> None:
-        if self.linear_kernel() == "onednn":
-            layers = use_onednn_linear(module)
-            if layers:
-                log_event(log, "linear_layers_on_onednn", model=self.spec.model_name, layers=layers)
 
     def signature(self) -> Signature | None:
         return None  # TorchScript has no names or dtypes: the config is the signature
