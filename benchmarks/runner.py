@@ -6,6 +6,7 @@ the model file is at hand, and write the report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from benchmarks.processes import ProcessCpu, ProcessTree, ServerProcess, cpu_bet
 from benchmarks.report import Offline, Point, Report, compare, markdown, plot
 from benchmarks.repository import CACHE, ServingOptions, ensure_built, prepare_run_repo
 from benchmarks.server import BenchServer, worker_pids
-from runtimes.onednn_linear import LINEAR_KERNELS
+from runtimes.onednn_linear import linear_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -346,9 +347,10 @@ def measure_offline(cfg: RunConfig, model: _Model, sizes: set[int]) -> Offline:
                "--model-file", str(model.offline_file), "--inputs", json.dumps(description),
                "--threads", str(model.offline_threads), "--batch-sizes", ",".join(map(str, sorted(sizes))),
                "--min-time", str(cfg.offline_time), "--device", cfg.options.device]
-    kernel = model.signature.parameters.get("linear_kernel")
-    if model.offline_format in offline_module.LINEAR_FORMATS and kernel in LINEAR_KERNELS:
-        command += ["--linear-kernel", kernel]  # else TensorGate's default, as the server runs it
+    if model.offline_format in offline_module.LINEAR_FORMATS:
+        # The served config's choice, read as the adapter reads it (unset: TensorGate's default).
+        with contextlib.suppress(ValueError):  # a value the server refuses: its model is not served
+            command += ["--linear-kernel", linear_kernel(model.signature.parameters)]
     stdout, stderr, code, _ = run_child(command)
     if code != 0:
         raise RuntimeError(f"the offline measurement of {model.served} failed ({code}): {stderr.strip()[-1500:]}")

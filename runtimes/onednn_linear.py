@@ -18,6 +18,7 @@ Results differ from MKL's in the last bits, as with any other GEMM or thread cou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where the rewrite runs, so the benchmark harness can read the names
@@ -34,30 +35,22 @@ graph(%x, %w, %b):
   %r = aten::linear(%x, %w, %b)
   return (%r)"""
 
-# 6 is torch.float32's ScalarType code. "none" is the post-op: no activation is fused.
+# 6 is torch.float32's ScalarType code. "none" is the post-op: no activation is fused. All three
+# checks are cheap on any tensor, so they are computed without short-circuiting.
 _REPLACEMENT = """
 graph(%x, %w, %b):
   %fp32 : int = prim::Constant[value=6]()
   %zero : int = prim::Constant[value=0]()
-  %false : bool = prim::Constant[value=0]()
   %no_post_op : str = prim::Constant[value="none"]()
   %default_algorithm : str = prim::Constant[value=""]()
   %x_dtype : int = prim::dtype(%x)
   %x_fp32 : bool = aten::eq(%x_dtype, %fp32)
-  %both_fp32 : bool = prim::If(%x_fp32)
-    block0():
-      %w_dtype : int = prim::dtype(%w)
-      %w_fp32 : bool = aten::eq(%w_dtype, %fp32)
-      -> (%w_fp32)
-    block1():
-      -> (%false)
-  %use_onednn : bool = prim::If(%both_fp32)
-    block0():
-      %rows : int = aten::numel(%x)
-      %not_empty : bool = aten::gt(%rows, %zero)
-      -> (%not_empty)
-    block1():
-      -> (%false)
+  %w_dtype : int = prim::dtype(%w)
+  %w_fp32 : bool = aten::eq(%w_dtype, %fp32)
+  %elements : int = aten::numel(%x)
+  %not_empty : bool = aten::gt(%elements, %zero)
+  %both_fp32 : bool = aten::__and__(%x_fp32, %w_fp32)
+  %use_onednn : bool = aten::__and__(%both_fp32, %not_empty)
   %r : Tensor = prim::If(%use_onednn)
     block0():
       %no_scalars : Scalar?[] = prim::ListConstruct()
@@ -69,7 +62,7 @@ graph(%x, %w, %b):
   return (%r)"""
 
 
-def linear_kernel(parameters: dict[str, str | int | float | bool]) -> str:
+def linear_kernel(parameters: Mapping[str, str | int | float | bool]) -> str:
     """The model's ``linear_kernel`` parameter, checked; a ValueError names the choices."""
     kernel = str(parameters.get("linear_kernel", DEFAULT_LINEAR_KERNEL)).lower()
     if kernel not in LINEAR_KERNELS:
