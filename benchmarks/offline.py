@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks.cli import DEVICE_FORMATS
 from benchmarks.inputs import SEED, generate
 from gateway.repository.pt2 import is_aoti_package
-from runtimes.onednn_linear import DEFAULT_LINEAR_KERNEL, LINEAR_KERNELS
+from runtimes.onednn_linear import DEFAULT_LINEAR_KERNEL, LINEAR_KERNELS, Rewritten
 
 RESULT_PREFIX = "TGBENCH "
 #: Formats timed offline, and the file a Triton-style repository holds them in.
@@ -86,6 +86,13 @@ def _torch_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+def _on_onednn(rewritten: Rewritten) -> str:
+    """What the framework name says about the linear layers: as the server runs them."""
+    if not rewritten.layers:
+        return ""
+    return f", linear layers on oneDNN ({rewritten.packed} of {rewritten.layers} on packed weights)"
+
+
 def torchscript_runner(path: Path, threads: int, batched: bool,
                        linear_kernel: str = DEFAULT_LINEAR_KERNEL) -> tuple[str, Runner]:
     import torch
@@ -99,8 +106,8 @@ def torchscript_runner(path: Path, threads: int, batched: bool,
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     module.eval()
     framework = f"torch {torch.__version__}"
-    if linear_kernel == "onednn" and use_onednn_linear(module):
-        framework += ", linear layers on oneDNN"
+    if linear_kernel == "onednn":
+        framework += _on_onednn(use_onednn_linear(module))
 
     def tensor(x: np.ndarray) -> Any:
         if x.dtype.kind == "O":
@@ -125,8 +132,8 @@ def torch_export_runner(path: Path, threads: int, batched: bool,
     _torch_threads(threads)
     module = torch.export.load(str(path)).module()
     framework = f"torch {torch.__version__}"
-    if linear_kernel == "onednn" and use_onednn_linear_fx(module):
-        framework += ", linear layers on oneDNN"
+    if linear_kernel == "onednn":
+        framework += _on_onednn(use_onednn_linear_fx(module))
 
     def run(inputs: list[tuple[str, np.ndarray]]) -> object:
         with torch.inference_mode():
