@@ -106,8 +106,8 @@ def torchscript_runner(path: Path, threads: int, batched: bool,
         module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     module.eval()
     framework = f"torch {torch.__version__}"
-    if linear_kernel == "onednn":
-        framework += _on_onednn(use_onednn_linear(module))
+    if linear_kernel != "aten":
+        framework += _on_onednn(use_onednn_linear(module, pack=linear_kernel == "onednn"))
 
     def tensor(x: np.ndarray) -> Any:
         if x.dtype.kind == "O":
@@ -132,8 +132,8 @@ def torch_export_runner(path: Path, threads: int, batched: bool,
     _torch_threads(threads)
     module = torch.export.load(str(path)).module()
     framework = f"torch {torch.__version__}"
-    if linear_kernel == "onednn":
-        framework += _on_onednn(use_onednn_linear_fx(module))
+    if linear_kernel != "aten":
+        framework += _on_onednn(use_onednn_linear_fx(module, pack=linear_kernel == "onednn"))
 
     def run(inputs: list[tuple[str, np.ndarray]]) -> object:
         with torch.inference_mode():

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:  # torch is imported where the rewrite runs, so the benchmark harness can read the names
     import torch
 
-#: Parameter ``linear_kernel``: the CPU kernel of a torch model's linear layers.
-LINEAR_KERNELS = ("onednn", "aten")
+#: Parameter ``linear_kernel``: the CPU kernel of a torch model's linear layers. ``onednn_unpacked``
+#: is oneDNN without the packed copies of the weights (their memory once more).
+LINEAR_KERNELS = ("onednn", "onednn_unpacked", "aten")
 DEFAULT_LINEAR_KERNEL = "onednn"
 
 _ONEDNN_OP = "mkldnn::_linear_pointwise"
@@ -108,8 +109,9 @@ def linear_kernel(parameters: Mapping[str, str | int | float | bool]) -> str:
     return kernel
 
 
-def use_onednn_linear(module: torch.jit.ScriptModule) -> Rewritten:
-    """Rewrite ``module``'s linear layers in place (call it before the first run).
+def use_onednn_linear(module: torch.jit.ScriptModule, pack: bool = True) -> Rewritten:
+    """Rewrite ``module``'s linear layers in place (call it before the first run), with packed
+    copies of the weights unless ``pack`` is False.
 
     A graph rewritten before is left as it is. Does nothing when this torch has no oneDNN. The
     module must be the only one of its classes, as one ``torch.jit.load`` makes it (its own
@@ -129,7 +131,7 @@ def use_onednn_linear(module: torch.jit.ScriptModule) -> Rewritten:
         if _count(graph, _ONEDNN_OP):
             fresh.append(graph)
     layers = sum(_count(graph, _ONEDNN_OP) for graph in fresh)
-    return Rewritten(layers, _pack_weights(module, graphs, fresh))
+    return Rewritten(layers, _pack_weights(module, graphs, fresh) if pack else 0)
 
 
 def _pack_weights(module: torch.jit.ScriptModule, graphs: list[torch.Graph], fresh: list[torch.Graph]) -> int:
@@ -211,7 +213,7 @@ def _packed(weight: Any) -> Any:
     return weight
 
 
-def use_onednn_linear_fx(module: torch.fx.GraphModule) -> Rewritten:
+def use_onednn_linear_fx(module: torch.fx.GraphModule, pack: bool = True) -> Rewritten:
     """The same for a ``torch.export`` program's module (an FX graph): each ``aten.linear`` call
     becomes ``onednn_linear``, or ``onednn_linear_packed`` on a packed copy of its weight where the
     weight is an attribute of the module (export programs' graphs never change their weights)."""
@@ -230,7 +232,7 @@ def use_onednn_linear_fx(module: torch.fx.GraphModule) -> Rewritten:
             layers += 1
             call.target = onednn_linear
             x, weight, *bias = call.args
-            if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr":
+            if not pack or not isinstance(weight, torch.fx.Node) or weight.op != "get_attr":
                 continue
             target = str(weight.target)
             plain = functools.reduce(getattr, target.split("."), graph_module)

@@ -84,7 +84,7 @@ class TorchExportAdapter(TorchAdapter):
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: cannot place the program on {spec.device}: {exc}") from None
         if self.onednn_linear:
-            calls, packed = use_onednn_linear_fx(self._module)
+            calls, packed = use_onednn_linear_fx(self._module, self.pack_weights)
             if calls:
                 log_event(log, "linear_layers_on_onednn", model=spec.model_name, layers=calls, packed=packed)
 

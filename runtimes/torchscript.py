@@ -15,7 +15,8 @@ worker decides it.
 
 Linear layers: on the CPU, ``parameters.linear_kernel`` (default ``onednn``) runs both formats'
 FP32 ``aten::linear`` calls on oneDNN, with each weight attribute packed once into oneDNN's layout
-(``runtimes/onednn_linear.py``: 2x faster than aten at batch 8-16 here); ``aten`` keeps torch's own call.
+(``runtimes/onednn_linear.py``: 2x faster than aten at batch 8-16 here); ``onednn_unpacked`` skips
+the packed copies (their memory), and ``aten`` keeps torch's own call.
 
 Device: ``cuda:N`` moves the weights there; each batch is gathered straight into pinned host memory
 (``runtimes/staging.py``), copied to the GPU once, and its outputs copied back once.
@@ -88,8 +89,10 @@ class TorchAdapter(RuntimeAdapter):
             kernel = linear_kernel(params)  # checked on any device, used on the CPU
         except ValueError as exc:
             raise ModelLoadError(f"{self.path}: {exc}") from None
-        #: Whether the format's adapter moves the model's linear layers to oneDNN (``runtimes/onednn_linear.py``).
-        self.onednn_linear = kernel == "onednn" and self.device.type == "cpu"
+        #: Whether the format's adapter moves the model's linear layers to oneDNN (``runtimes/onednn_linear.py``),
+        #: and whether it packs their weights.
+        self.onednn_linear = kernel != "aten" and self.device.type == "cpu"
+        self.pack_weights = kernel == "onednn"
 
     @abstractmethod
     def run(self, args: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
@@ -178,7 +181,7 @@ class TorchScriptAdapter(TorchAdapter):
             raise ModelLoadError(f"{self.path}: not a TorchScript model: {_first_line(exc)}") from None
         module.eval()
         if self.onednn_linear:
-            layers, packed = use_onednn_linear(module)
+            layers, packed = use_onednn_linear(module, self.pack_weights)
             if layers:
                 log_event(log, "linear_layers_on_onednn", model=spec.model_name, layers=layers, packed=packed)
         self._module = module

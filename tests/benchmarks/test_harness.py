@@ -83,22 +83,23 @@ def test_the_device_runner_moves_the_batch_in_and_the_outputs_back(tmp_path: Pat
 
 
 def test_the_offline_runners_time_the_linear_kernel_the_server_uses(tmp_path: Path) -> None:
-    """TorchScript and torch.export are timed with their linear layers on oneDNN, as served by default,
-    or on aten with ``--linear-kernel aten``; both give the reference's values."""
+    """TorchScript and torch.export are timed with their linear layers on oneDNN on packed weights, as
+    served by default, without the copies, or on aten, as ``--linear-kernel`` says; all give the reference's values."""
     pytest.importorskip("torch")
     from benchmarks.models import build
 
     x = sample_input(TINY, 3)
     for fmt, name in (("torchscript", "model.pt"), ("torch_export", "model.pt2")):
         build(TINY, fmt, tmp_path / fmt / name)
-        for kernel in ("onednn", "aten"):
+        for kernel in ("onednn", "onednn_unpacked", "aten"):
             framework, run = offline.LINEAR_FORMATS[fmt](tmp_path / fmt / name, 1, True, linear_kernel=kernel)
             assert framework.startswith("torch ")
             on_onednn = re.search(r", linear layers on oneDNN \((\d+) of (\d+) on packed weights\)$", framework)
-            if kernel == "onednn":
-                assert on_onednn and on_onednn[1] == on_onednn[2] != "0", framework
-            else:
+            if kernel == "aten":
                 assert "oneDNN" not in framework
+            else:
+                assert on_onednn and on_onednn[2] != "0", framework
+                assert on_onednn[1] == (on_onednn[2] if kernel == "onednn" else "0"), framework
             y = run([("input", x)])
             [y] = y if isinstance(y, list) else [y]
             np.testing.assert_allclose(np.asarray(y), reference(TINY, x), rtol=1e-4, atol=1e-5)

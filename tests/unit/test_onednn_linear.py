@@ -111,16 +111,20 @@ def test_the_adapter_uses_onednn_by_default_and_aten_when_asked(tmp_path: Path,
         default = _adapter(version)
     assert "event=linear_layers_on_onednn model=mlp layers=2 packed=2" in caplog.text
     aten = _adapter(version, linear_kernel="aten")
+    unpacked = _adapter(version, linear_kernel="onednn_unpacked")
     assert onednn_layers(default._module) == (2, 2)
+    assert onednn_layers(unpacked._module) == (2, 0)  # oneDNN, without the copies' memory
     assert onednn_layers(aten._module) == (0, 0)
     for rows in (1, 5):
         x = {"INPUT__0": np.random.default_rng(rows).standard_normal((rows, 64), dtype=np.float32)}
-        ours, theirs = default.execute(x, ["OUTPUT__0"]), aten.execute(x, ["OUTPUT__0"])
-        np.testing.assert_allclose(ours["OUTPUT__0"], theirs["OUTPUT__0"], rtol=1e-5, atol=1e-6)
+        theirs = aten.execute(x, ["OUTPUT__0"])["OUTPUT__0"]
+        for ours in (default, unpacked):
+            np.testing.assert_allclose(ours.execute(x, ["OUTPUT__0"])["OUTPUT__0"], theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_an_unknown_linear_kernel_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"parameters.linear_kernel is 'mkl'; use one of onednn, aten"):
+    choices = "onednn, onednn_unpacked, aten"
+    with pytest.raises(ModelLoadError, match=rf"parameters.linear_kernel is 'mkl'; use one of {choices}"):
         _adapter(_mlp(tmp_path), linear_kernel="mkl")
 
 
@@ -152,12 +156,15 @@ def test_torch_export_programs_move_their_linear_calls_too(tmp_path: Path, caplo
     assert "event=linear_layers_on_onednn model=mlp layers=2 packed=2" in caplog.text
     aten = _export_adapter(version, linear_kernel="aten")
     assert _fx_targets(default).count(onednn_linear_packed) == 2
+    unpacked = _export_adapter(version, linear_kernel="onednn_unpacked")
+    assert _fx_targets(unpacked).count(onednn_linear) == 2 and onednn_linear_packed not in _fx_targets(unpacked)
     assert _fx_targets(aten).count(torch.ops.aten.linear.default) == 2
     assert not {onednn_linear, onednn_linear_packed} & set(_fx_targets(aten))
     for rows in (1, 3):
         x = {"input": np.random.default_rng(rows).standard_normal((rows, 64), dtype=np.float32)}
-        np.testing.assert_allclose(default.execute(x, ["output"])["output"], aten.execute(x, ["output"])["output"],
-                                   rtol=1e-5, atol=1e-6)
+        for ours in (default, unpacked):
+            np.testing.assert_allclose(ours.execute(x, ["output"])["output"], aten.execute(x, ["output"])["output"],
+                                       rtol=1e-5, atol=1e-6)
     with pytest.raises(ModelLoadError, match=r"parameters\.linear_kernel is 'fast'"):
         _export_adapter(version, linear_kernel="fast")
 
