@@ -158,7 +158,8 @@ def _pack_weights(module: torch.jit.ScriptModule, graphs: list[torch.Graph], fre
             source = call.inputsAt(1).node()
             owner = source.input() if source.kind() == "prim::GetAttr" else None
             owner_type = owner.type() if owner is not None else None
-            if owner is None or not isinstance(owner_type, torch._C.ClassType):
+            if (owner is None or not isinstance(owner_type, torch._C.ClassType)
+                    or not isinstance(source.output().type(), torch._C.TensorType)):
                 continue
             attribute = source.s("name")
             key = (owner_type.qualified_name(), attribute)
@@ -202,14 +203,18 @@ def _changed_attributes(graphs: list[torch.Graph]) -> set[tuple[str, str]]:
 
 
 def _packed(weight: Any) -> Any:
-    """``weight`` in oneDNN's blocked layout if it is a 2-D FP32 CPU tensor, else ``weight`` itself
-    (the call's branch sends anything but FP32 to ``aten::linear``, which never reads the copy)."""
+    """``weight`` in oneDNN's blocked layout if it is a 2-D FP32 CPU tensor that oneDNN takes, else
+    ``weight`` itself (the call's branch sends anything but FP32 to ``aten::linear``, which never
+    reads the copy)."""
     import torch
 
     if (isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.dim() == 2
             and weight.device.type == "cpu" and weight.layout == torch.strided):
-        with torch.no_grad():
-            return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        try:
+            with torch.no_grad():
+                return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        except RuntimeError:  # a shape oneDNN has no primitive for (an empty weight): the call reads it plain
+            pass
     return weight
 
 

@@ -251,3 +251,31 @@ def test_an_instance_whose_weight_cannot_be_packed_keeps_aten() -> None:
         x = torch.randn(rows, 8)
         with torch.inference_mode():
             torch.testing.assert_close(net(x), reference(x))
+
+
+class _EmptyLayer(torch.nn.Module):
+    """A layer with no output features: oneDNN cannot pack its weight (no primitive for the reorder)."""
+
+    empty: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(8, 4)
+        self.register_buffer("empty", torch.zeros(0, 4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.first(x)
+        return hidden, torch.nn.functional.linear(hidden, self.empty)
+
+
+def test_a_weight_onednn_cannot_pack_keeps_its_plain_layout() -> None:
+    torch.manual_seed(5)
+    net, reference = _loaded(_EmptyLayer().eval())
+    assert use_onednn_linear(net) == (2, 2)
+    assert net.first._tensorgate_onednn_weight.is_mkldnn
+    assert not net._tensorgate_onednn_empty.is_mkldnn  # the plain weight: the load did not fail
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        ours, theirs = net(x), reference(x)
+    torch.testing.assert_close(ours, theirs)
+    assert ours[1].shape == (3, 0)
