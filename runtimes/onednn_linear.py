@@ -151,7 +151,8 @@ def _pack_weights(module: torch.jit.ScriptModule, graphs: list[torch.Graph], fre
             instances.setdefault(script._type().qualified_name(), []).append(script)
     changing = _changed_attributes(graphs)
     rows_on_packed = torch._C.parse_ir(_ROWS_ON_PACKED)
-    made: set[tuple[str, str]] = set()
+    #: For each (class, attribute) seen: whether any instance got a packed copy.
+    made: dict[tuple[str, str], bool] = {}
     packed = 0
     for graph in fresh:
         for call in _nodes(graph, _ONEDNN_OP):
@@ -166,10 +167,14 @@ def _pack_weights(module: torch.jit.ScriptModule, graphs: list[torch.Graph], fre
             if key[0] not in instances or key in changing:
                 continue
             if key not in made:  # the first call on this class's attribute: copy every instance's weight
-                for script in instances[key[0]]:
-                    script._register_attribute(_PACKED + attribute, torch._C.TensorType.get(),
-                                               _packed(script.getattr(attribute)))
-                made.add(key)
+                plain = [script.getattr(attribute) for script in instances[key[0]]]
+                copies = [_packed(weight) for weight in plain]
+                made[key] = any(copy is not weight for copy, weight in zip(copies, plain, strict=True))
+                if made[key]:  # an instance oneDNN cannot pack holds its plain weight there
+                    for script, copy in zip(instances[key[0]], copies, strict=True):
+                        script._register_attribute(_PACKED + attribute, torch._C.TensorType.get(), copy)
+            if not made[key]:
+                continue  # no instance's weight could be packed: the call stays as it is
             getter = graph.create("prim::GetAttr", [owner], 1)
             getter.s_("name", _PACKED + attribute)
             getter.output().setType(torch._C.TensorType.get())
