@@ -1,5 +1,6 @@
 # Everything a fresh machine needs, from nothing: `make serve` and `make test`.
-PYTHON ?= python3.11
+# The interpreter for the venvs: empty lets scripts/venv.sh pick the fastest Python 3.11 here.
+PYTHON ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,14 +14,14 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed
 .PHONY: serve test test-tools lint typecheck unit proto model_repo kserve-sdk image gpu-kit clean
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	PYTHON='$(PYTHON)' scripts/venv.sh $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps '$(TFSERVING_API)'
 	touch $(STAMP)
 
 $(KSERVE_STAMP): tests/kserve-sdk-requirements.txt
-	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	PYTHON='$(PYTHON)' scripts/venv.sh $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/pip install --quiet -r tests/kserve-sdk-requirements.txt
 	touch $(KSERVE_STAMP)
 

@@ -10,13 +10,16 @@
 # the point: mean µs per request
 # from dispatch to the instance's start (in), infer, end to answers delivered (out), queue, and the
 # seconds the instance computed (warm-up included). Environment: REPO (default /tmp/tg-anchor-ts, see
-# ../shared/anchors/README.md), MODEL (mlp), PROTO (rest-json), CONC (16), DUR (8 s), PORT (9100).
+# ../shared/anchors/README.md), MODEL (mlp), PROTO (rest-json), CONC (16), DUR (8 s), PORT (9100),
+# BASE_PYTHON and NEW_PYTHON (the venv python each side is served with; default this checkout's:
+# `BASE_PYTHON=/tmp/other-venv/bin/python benchmarks/ab_checkouts.sh . .` compares two interpreters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=$(realpath "$1") new=$(realpath "$2") rounds=${3:-3}
 repo=${REPO:-/tmp/tg-anchor-ts} model=${MODEL:-mlp} proto=${PROTO:-rest-json} conc=${CONC:-16}
 dur=${DUR:-8} port=${PORT:-9100}
 python=$PWD/.venv/bin/python
+base_python=${BASE_PYTHON:-$python} new_python=${NEW_PYTHON:-$python}
 out=$(mktemp -d)
 
 stats() {
@@ -31,8 +34,9 @@ print("in %.0f infer %.0f out %.0f queue %.0f µs, instance busy %.2f s" % (
 
 for round in $(seq "$rounds"); do
   for name in base new; do
-    tree=$base; [ "$name" = new ] && tree=$new
-    (cd "$tree" && PYTHONPATH=$tree exec "$python" -m gateway.cli serve --model-repo "$repo" --http-port "$port" \
+    tree=$base serve_python=$base_python
+    [ "$name" = new ] && tree=$new serve_python=$new_python
+    (cd "$tree" && PYTHONPATH=$tree exec "$serve_python" -m gateway.cli serve --model-repo "$repo" --http-port "$port" \
       --grpc-port $((port + 1)) --metrics-port $((port + 2)) --log-level warning) >"$out/$name.log" 2>&1 &
     pid=$!
     for _ in $(seq 120); do curl -sf "localhost:$port/v2/health/ready" >/dev/null && break; sleep 0.5; done
